@@ -1,0 +1,12 @@
+"""Pure tensor math of the dot-similarity loss family (no Ray, no config files)."""
+
+from losses.similarity import (
+    NORMS,
+    SCOPES,
+    SIMILARITIES,
+    resolve_similarity,
+    similarity_loss,
+    validate,
+)
+
+__all__ = ["NORMS", "SCOPES", "SIMILARITIES", "resolve_similarity", "similarity_loss", "validate"]

@@ -1,0 +1,121 @@
+"""``dotsim prepare``: clips -> features -> Parquet shards, in process or over Ray.
+
+Chunks of clips become Ray tasks when a Ray cluster is connected (the driver then only
+writes shards as results arrive, bounded to a few chunks in flight); otherwise they run
+in this process. The folder is published atomically (``PreparedWriter``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from workers.corpus import (
+    Chunk,
+    FeatureSettings,
+    featurize,
+    speech_commands_chunks,
+    synthetic_chunks,
+)
+from workers.data import PreparedWriter, read_meta
+
+CHUNK_CLIPS = 256
+SYNTHETIC_VERSION = 1  # bump when the synthesizer's output changes
+
+
+def default_cache() -> Path:
+    base = os.environ.get("DOTSIM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dotsim")
+    return Path(base)
+
+
+def synthetic_cache(seed: int = 0) -> Path:
+    return default_cache() / f"synthetic-v{SYNTHETIC_VERSION}-seed{seed}"
+
+
+def prepare(source: Path | None, out: Path, *, seed: int = 0, overwrite: bool = False,
+            use_ray: bool = False, progress: bool = True,
+            settings: FeatureSettings | None = None, corpus_sizes: dict | None = None) -> dict:
+    """Prepare ``source`` (a Speech Commands folder; None: the synthetic corpus) into ``out``.
+
+    Returns the summary: output path, clips per split, labels. Raises ``ValueError`` with
+    a one-line message on a bad source (including a clip that cannot be read).
+    ``corpus_sizes`` shrinks the synthetic corpus (``synth.make_corpus`` arguments).
+    """
+    settings = settings or FeatureSettings()
+    if source is None:
+        labels, chunks = synthetic_chunks(seed, size=CHUNK_CLIPS, **(corpus_sizes or {}))
+        origin = {"source": "synthetic", "synthetic_seed": seed,
+                  "synthetic_version": SYNTHETIC_VERSION, **(corpus_sizes or {})}
+    else:
+        labels, chunks = speech_commands_chunks(Path(source), size=CHUNK_CLIPS)
+        origin = {"source": str(Path(source).resolve())}
+    frames = settings.num_samples // settings.hop + 1  # centred frames
+    writer = PreparedWriter(out, frames=frames, n_mels=settings.n_mels, overwrite=overwrite)
+    try:
+        results = _run_ray(chunks, settings) if use_ray else _run_local(chunks, settings)
+        with _progress(len(chunks), progress) as bar:
+            for chunk, features in results:
+                writer.write(chunk.split, features, chunk.labels, chunk.speakers, chunk.clips)
+                bar.update(1)
+        path = writer.commit({**settings.to_meta(), "labels": labels, **origin})
+    except BaseException:
+        writer.abort()
+        raise
+    return {"path": str(path), "counts": writer.counts, "labels": len(labels)}
+
+
+def ensure_synthetic(seed: int = 0, *, use_ray: bool = False, progress: bool = True) -> Path:
+    """The synthetic corpus's cache folder, prepared on first use and reused after."""
+    path = synthetic_cache(seed)
+    if not (path / "meta.json").is_file():
+        click.echo(f"Preparing the synthetic corpus once into {path} ...", err=True)
+        prepare(None, path, seed=seed, overwrite=True, use_ray=use_ray, progress=progress)
+    read_meta(path)
+    return path
+
+
+def _run_local(chunks: list[Chunk], settings) -> Iterator[tuple[Chunk, dict]]:
+    for chunk in chunks:
+        yield chunk, featurize(chunk, settings)
+
+
+def _run_ray(chunks: list[Chunk], settings, in_flight: int | None = None):
+    """Yield (chunk, features) as Ray tasks finish; at most ``in_flight`` pending, so the
+    driver never holds the whole corpus's features."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=2)(featurize)
+    in_flight = in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict = {}
+    queue = list(chunks)
+    while queue or pending:
+        while queue and len(pending) < in_flight:
+            chunk = queue.pop(0)
+            # the chunk's waves travel once through the object store
+            pending[task.remote(chunk, settings)] = chunk
+        done, _ = ray.wait(list(pending), num_returns=1)
+        chunk = pending.pop(done[0])
+        yield chunk, ray.get(done[0])
+
+
+class _Quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    """A progress bar on a terminal (stderr), nothing otherwise."""
+    if enabled and sys.stderr.isatty():
+        return click.progressbar(length=total, label="prepare", file=sys.stderr)
+    return _Quiet()

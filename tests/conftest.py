@@ -1,0 +1,60 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+# Test helpers (reference.py, gloo_pool.py, ...) import as top-level modules, also in
+# spawned children, which inherit sys.path.
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def gloo_pool():
+    """``gloo_pool(world_size)``: a shared GlooPool per world size, closed at the end."""
+    from gloo_pool import GlooPool
+
+    pools = {}
+
+    def get(world_size):
+        if world_size not in pools:
+            pools[world_size] = GlooPool(world_size)
+        return pools[world_size]
+
+    yield get
+    for pool in pools.values():
+        pool.close()
+
+
+SMALL_CORPUS = {"speakers": (4, 2, 2), "clips_per_word_speaker": 1}
+
+
+@pytest.fixture(scope="session")
+def small_prepared(tmp_path_factory):
+    """A small prepared synthetic corpus (35 words x 4/2/2 speakers), made once."""
+    from orchestrator.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "small"
+    prepare(None, out, seed=0, progress=False, corpus_sizes=SMALL_CORPUS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the whole test session: 2 CPUs, no dashboard, an isolated HOME
+    and token auth off (ray.init would otherwise write a token into the real HOME)."""
+    import os
+
+    import ray
+
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
+    os.environ["HOME"] = str(home)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,0 +1,49 @@
+"""The typed run config: validation, round trip, and variant names."""
+
+import pytest
+
+from workers.config import RunConfig, field_docs
+
+
+def test_round_trip_through_dict():
+    cfg = RunConfig(similarity="cosine", epochs=3, extra={"study": "x"})
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"similarity": "dott"}, "allowed: cosine, dot, dot-legacy"),
+        ({"norm": "l2"}, "allowed: minmax, meanstd"),
+        ({"scope": "all"}, "allowed: local, global"),
+        ({"preset": "huge"}, "allowed: tiny, small, base, large"),
+        ({"batch_size": 0}, "batch_size must be > 0"),
+        ({"batch_size": -8}, "batch_size must be > 0"),
+        ({"clips_per_class": 1}, "clips_per_class must be >= 2"),
+        ({"batch_size": 130}, "not a multiple of clips_per_class"),
+        ({"batch_size": 12, "workers": 2}, "do not split evenly over 2 workers"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"epochs": 0}, "epochs must be > 0"),
+    ],
+)
+def test_bad_values_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**kwargs)
+
+
+def test_unknown_field_from_dict():
+    with pytest.raises(ValueError, match="unknown config field"):
+        RunConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_variant_names():
+    assert RunConfig(similarity="cosine", norm="meanstd").variant == "cosine"
+    assert RunConfig(norm="meanstd", scope="local").variant == "dot:meanstd:local"
+    assert RunConfig(detach_stats=True).variant == "dot:minmax:global:detached"
+
+
+def test_every_field_is_documented():
+    import dataclasses
+
+    docs = field_docs()
+    assert {f.name for f in dataclasses.fields(RunConfig)} == set(docs)

@@ -1,0 +1,102 @@
+"""Multi-process parity on CPU/gloo: every rank's loss and every DDP-averaged parameter
+gradient equal the single-process result on the concatenated batch (global scope) or
+the per-shard result (local scope), for every variant, with unequal and empty shards."""
+
+import itertools
+
+import pytest
+import torch
+from dist_cases import gather_grad, loss_and_grads, make_model
+
+from losses.distributed import gather_rows
+
+pytestmark = pytest.mark.distributed
+
+CASES = [
+    {"similarity": s, "norm": n, "scope": sc, "detach_stats": d}
+    for s, n, sc, d in itertools.product(
+        ["cosine", "dot", "dot-legacy"], ["minmax", "meanstd"], ["global", "local"],
+        [False, True]
+    )
+]
+LAYOUTS = {  # rows per rank
+    "equal-2": [4, 4],
+    "unequal-2": [3, 6],
+    "unequal-3": [2, 5, 3],
+    "empty-rank-3": [4, 0, 3],
+}
+
+
+def _shards(sizes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shards = []
+    for n in sizes:
+        x = torch.randn(n, 6, generator=gen, dtype=torch.float64) * 2
+        y = x + 0.5 * torch.randn(n, 6, generator=gen, dtype=torch.float64)
+        shards.append((x, y))
+    return shards
+
+
+def _expected(shards, case):
+    """(loss per rank, DDP-averaged grads) computed in one process."""
+    model = make_model()
+    if case["scope"] == "global":
+        x = torch.cat([s[0] for s in shards])
+        y = torch.cat([s[1] for s in shards])
+        loss, grads = loss_and_grads(model, x, y, **case)
+        return [loss] * len(shards), grads
+    per_rank = [loss_and_grads(model, x, y, **case) for x, y in shards]
+    names = per_rank[0][1]
+    avg = {n: sum(g[n] for _, g in per_rank) / len(shards) for n in names}
+    return [loss for loss, _ in per_rank], avg
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ddp_parity_every_variant(gloo_pool, layout):
+    sizes = LAYOUTS[layout]
+    shards = _shards(sizes)
+    from dist_cases import ddp_cases
+
+    by_rank = gloo_pool(len(sizes)).run(ddp_cases, shards, CASES)
+    for k, case in enumerate(CASES):
+        want_losses, want_grads = _expected(shards, case)
+        for rank in range(len(sizes)):
+            loss, grads = by_rank[rank][k]
+            torch.testing.assert_close(loss, want_losses[rank], rtol=1e-6, atol=1e-9,
+                                       msg=f"loss {case} rank {rank}")
+            for name, want in want_grads.items():
+                torch.testing.assert_close(grads[name], want, rtol=1e-6, atol=1e-9,
+                                           msg=f"grad {name} {case} rank {rank}")
+
+
+def test_global_differs_from_local_on_unequal_shards(gloo_pool):
+    """A guard against a test that cannot fail: the two scopes really give other numbers."""
+    shards = _shards(LAYOUTS["unequal-2"])
+    cases = [{"similarity": "dot", "norm": "meanstd", "scope": s} for s in ("global", "local")]
+    from dist_cases import ddp_cases
+
+    glob, loc = gloo_pool(2).run(ddp_cases, shards, cases)[0]
+    assert not torch.isclose(glob[0], loc[0])
+
+
+@pytest.mark.parametrize("sizes", [[2, 3], [0, 4], [3, 0, 1]])
+def test_gather_rows_sums_gradients_back_to_owners(gloo_pool, sizes):
+    gen = torch.Generator().manual_seed(1)
+    rows = [torch.randn(n, 2, generator=gen, dtype=torch.float64) for n in sizes]
+    results = gloo_pool(len(sizes)).run(gather_grad, rows)
+    whole = torch.cat(rows).requires_grad_()
+    weights = torch.arange(1, len(whole) + 1)
+    (whole.square().sum(dim=1) * weights).sum().backward()
+    # every rank computed the same function of all rows: its gradient reaches each owner
+    # once per rank, summed
+    want = whole.grad * len(sizes)
+    offset = 0
+    for rank, (gathered, grad) in enumerate(results):
+        torch.testing.assert_close(gathered, whole.detach())
+        torch.testing.assert_close(grad, want[offset: offset + sizes[rank]])
+        offset += sizes[rank]
+
+
+def test_gather_rows_without_process_group_is_identity():
+    x = torch.randn(3, 2)
+    assert gather_rows(x, None) is x

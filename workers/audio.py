@@ -1,0 +1,329 @@
+"""Audio I/O and the source-filter features of a clip (DESIGN.md, "The research it serves").
+
+A clip is split by linear prediction into
+
+- ``speech``:   the log-mel spectrogram of the clip,
+- ``formant``:  the log-mel image of each frame's LPC envelope G^2 / |A(e^jw)|^2 (the
+  vocal tract),
+- ``residual``: the log-mel spectrogram of the prediction error e[n] = x[n] + sum_k a_k
+  x[n-k] (the excitation),
+
+each (..., frames, n_mels), time-major (frames are the encoder's tokens). LPC frames are
+``hop`` new samples carrying the previous ``order`` samples as history (the first frame's
+history is zeros): 100 frames per 1 s clip, against the 101 centred mel frames, so the
+formant sequence is padded with a copy of its last frame.
+
+``lpc`` is Burg's method, equal to ``librosa.lpc`` row by row, batched over any leading
+shape without a loop over frames. Instead of updating whole error vectors at every order
+it runs the fast Burg recursion (K. Vos, "A Fast Implementation of Burg's Method", 2013):
+one pass over each frame for its autocorrelation, then O(order) numbers per frame and
+order. That recursion works on sums of products of the signal whose differences are the
+(small) prediction errors, so it always runs in float64 and casts back at the end.
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import lru_cache
+from pathlib import Path
+
+import soundfile
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+SAMPLE_RATE = 16_000
+CLIP_SAMPLES = 16_000  # 1 s clips
+N_MELS = 40
+HOP = 160  # 10 ms: the mel hop and the number of new samples per LPC frame
+N_FFT = 400  # 25 ms window
+LPC_ORDER = 20
+LOG_FLOOR = 1e-6  # log(mel + LOG_FLOOR): silence maps to log(1e-6), not -inf
+
+# A frame whose Burg error energy has fallen below this fraction of its starting value is
+# predicted exactly (silence, a constant, a pure tone): its remaining reflection
+# coefficients are round-off, so they are set to 0 instead.
+_EXHAUSTED = 1e-13
+# The fast recursion's rounding error, relative to Burg's final error energy, is about
+# eps * |a|_1^2 * E_0 / E_order; above this (a nearly noiseless frame, e.g. a ringing
+# filter in float audio) the frame is redone with the direct recursion, as librosa runs it.
+_ILL_CONDITIONED = 1e-8
+# Frames per pass of the Burg recursion on a CPU: its per-order vectors, (order, chunk)
+# float64, then stay in the core's cache.
+_CPU_CHUNK = 4096
+# Smallest |A(e^jw)|^2 of the envelope: a zero on the unit circle (a constant frame has
+# A = 1 - z^-1) caps the envelope at +100 dB over the error power instead of dividing by 0.
+_MIN_A_POWER = 1e-10
+
+
+# --------------------------------------------------------------------------------------
+# LPC
+
+
+def lpc(x: torch.Tensor, order: int) -> torch.Tensor:
+    """Linear prediction coefficients by Burg's method over the last dimension.
+
+    x: (..., n) floating frames; returns (..., order + 1) in x's dtype with a[..., 0] = 1,
+    the prediction-error filter A(z) = sum_k a_k z^-k of ``librosa.lpc(x, order=order)``
+    (error e[n] = sum_k a_k x[n-k]). Silent frames give [1, 0, ..., 0]; frames that are
+    predicted exactly before ``order`` (a constant, a pure tone) get zeros for the
+    remaining reflection coefficients; the result is always finite for finite input.
+    """
+    n = x.shape[-1]
+    order = operator.index(order)
+    if not 1 <= order < n:
+        raise ValueError(
+            f"lpc order must be in [1, {n - 1}] for frames of {n} samples, got {order}")
+    if not x.is_floating_point():
+        raise TypeError(f"lpc needs a floating-point tensor, got {x.dtype}")
+    frames = x.reshape(-1, n).to(torch.float64)  # (B, n)
+    if len(frames) == 0:
+        return x.new_zeros(*x.shape[:-1], order + 1)
+    step = _CPU_CHUNK if frames.device.type == "cpu" else len(frames)
+    parts = [_burg(chunk, order) for chunk in frames.split(step)]
+    a = torch.cat([coefficients for coefficients, _ in parts])  # (B, order + 1)
+    redo = torch.cat([inexact for _, inexact in parts]).nonzero().squeeze(1)
+    if len(redo):
+        a[redo] = _burg_direct(frames[redo], order)
+    return a.to(x.dtype).reshape(*x.shape[:-1], order + 1)
+
+
+def _autocorrelation(x: torch.Tensor, order: int) -> torch.Tensor:
+    """(B, n) -> (order + 1, B): c[l] = sum_n x[n] x[n + l]."""
+    n = x.shape[-1]
+    return torch.stack([torch.linalg.vecdot(x[:, : n - lag], x[:, lag:])
+                        for lag in range(order + 1)])
+
+
+def _burg(x: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast Burg recursion on (B, n) float64 frames -> (B, p + 1) coefficients and a (B,)
+    mask of the frames whose result is too inexact (see ``_ILL_CONDITIONED``).
+
+    At order m (1..p), with alpha = [a^(m-1), 0] and J the reversal of m + 1 entries,
+    Burg's reflection coefficient is k = -(alpha . J g) / (alpha . g), where
+    g = Phi alpha and Phi[i, j] = sum_{t=m}^{n-1} x[t-i] x[t-j] + x[t-m+i] x[t-m+j]:
+    alpha . g = sum f^2 + b^2 and alpha . J g = 2 sum f b over Burg's window of forward
+    and backward errors f, b. From order m to m + 1, Phi loses the rank-2 term of its
+    first and last window samples and gains a row, the first row of the next Phi
+    (r below), so g follows in O(m) per frame:
+        g <- g + k J g - x_h (x_h . a) - x_t (x_t . a),   append r . a,
+    with x_h = x[m], ..., x[0] and x_t = x[n-1-m], ..., x[n-1]. Vectors are stored
+    (entries, B) so that every operation runs along the batch.
+    """
+    n = x.shape[-1]
+    c = _autocorrelation(x, p)  # (p+1, B)
+    edges = torch.cat([x[:, : p + 1], x[:, n - 1 - p:]], dim=1).T.contiguous()
+    head, tail = edges[: p + 1], edges[p + 1:]  # x[0..p], x[n-1-p..n-1]: (p+1, B)
+    # Right-aligned so that order m reads the slice [p - m:] of every row:
+    # w[0] = x_h, w[1] = x_t, w[2] = r (Phi's first row, reversed, starting as 2c).
+    edge_rows = x.new_zeros(3, p + 1, x.shape[0])
+    edge_rows[0] = head.flip(0)
+    edge_rows[1] = tail
+    edge_rows[2, 1:] = 2 * c[1:].flip(0)
+    tail_reversed = tail.flip(0)  # x[n-1], x[n-2], ...
+
+    state = x.new_zeros(2, p + 1, x.shape[0])  # [alpha, g], the first m + 1 entries in use
+    state[0, 0] = 1
+    state[1, 0] = 2 * c[0] - head[0].square() - tail[-1].square()
+    state[1, 1] = 2 * c[1]
+    start = state[1, 0].clone()
+    floor = start * _EXHAUSTED
+    for m in range(1, p + 1):
+        s = state[:, : m + 1]
+        flipped = s.flip(1)
+        two_fb = torch.linalg.vecdot(s[0], flipped[1], dim=0)
+        energy = torch.linalg.vecdot(s[0], s[1], dim=0)
+        # -k; Burg's |k| <= 1 holds exactly, the clamp only guards round-off.
+        minus_k = torch.where(energy > floor, two_fb / energy, 0).clamp_(-1, 1)
+        s.addcmul_(flipped, minus_k, value=-1)  # alpha + k J alpha and g + k J g at once
+        if m == p:
+            break  # `energy` is now the last order's, the smallest
+        w = edge_rows[:, p - m:]
+        w[2, 1:].addcmul_(head[:m], head[m], value=-1)
+        w[2, 1:].addcmul_(tail_reversed[:m], tail[p - m], value=-1)
+        dots = (w * s[0]).sum(1)  # (3, B): x_h . a, x_t . a, r . a
+        s[1].addcmul_(w[0], dots[0], value=-1).addcmul_(w[1], dots[1], value=-1)
+        state[1, m + 1] = dots[2]
+    a = state[0]
+    rounding = torch.finfo(x.dtype).eps * a.abs().sum(0).square() * start
+    return a.T, (rounding > _ILL_CONDITIONED * energy) & (start > 0)
+
+
+def _burg_direct(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Burg's recursion on whole error vectors, as ``librosa.lpc`` runs it (Marple 1980):
+    (B, n) float64 frames -> (B, p + 1). O(n) per frame and order: the fallback."""
+    fwd, bwd = x[:, 1:], x[:, :-1]  # f_0[t+1] and b_0[t]
+    den = (fwd.square() + bwd.square()).sum(-1)
+    floor = den * _EXHAUSTED
+    a = x.new_zeros(x.shape[0], p + 1)
+    a[:, 0] = 1
+    for i in range(p):
+        k = torch.where(den > floor, -2 * torch.linalg.vecdot(fwd, bwd) / den, 0)
+        k = k.clamp_(-1, 1)[:, None]
+        a[:, 1 : i + 2] += k * a[:, : i + 1].flip(-1)
+        fwd, bwd = fwd + k * bwd, bwd + k * fwd
+        den = (1 - k[:, 0].square()) * den - bwd[:, -1].square() - fwd[:, 0].square()
+        fwd, bwd = fwd[:, 1:], bwd[:, :-1]
+    return a
+
+
+def frames_for_lpc(wave: torch.Tensor, order: int, hop: int = HOP) -> torch.Tensor:
+    """(..., samples) -> (..., ceil(samples / hop), hop + order) overlapping frames.
+
+    Frame t holds samples [t*hop - order, (t+1)*hop): ``hop`` new samples after ``order``
+    samples of history (zeros before the clip; zeros pad the last frame).
+    """
+    samples = wave.shape[-1]
+    tail = -samples % hop
+    return F.pad(wave, (order, tail)).unfold(-1, hop + order, hop)
+
+
+def frame_residual(frames: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Prediction error of each frame's new samples with its own filter.
+
+    frames (..., hop + order), a (..., order + 1) -> (..., hop):
+    e[t] = sum_k a_k x[order + t - k], the first ``order`` samples serving as history.
+    """
+    length, order = frames.shape[-1], a.shape[-1] - 1
+    a = a.to(frames.dtype)
+    if frames.dtype == torch.float64 and frames.device.type == "cpu":
+        # oneDNN has no float64 convolution, and the fallback is 5x slower than this.
+        e = frames[..., order:] * a[..., :1]
+        for k in range(1, order + 1):
+            e.addcmul_(frames[..., order - k: length - k], a[..., k: k + 1])
+        return e
+    flat = frames.reshape(1, -1, length)  # (1, B, hop + order): one conv group per frame
+    kernel = a.reshape(-1, 1, order + 1).flip(-1)
+    e = F.conv1d(flat, kernel, groups=flat.shape[1])  # (1, B, hop)
+    return e.reshape(*frames.shape[:-1], length - order)
+
+
+# --------------------------------------------------------------------------------------
+# Features
+
+
+@lru_cache(maxsize=8)
+def _mel_spectrogram(sample_rate: int, n_fft: int, hop: int, n_mels: int,
+                     device: torch.device) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, center=True,
+        power=2.0,
+    ).to(device)
+
+
+def mel_filterbank(*, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
+                   n_mels: int = N_MELS, device=None) -> torch.Tensor:
+    """(n_fft // 2 + 1, n_mels) triangular filters, the ones ``log_mel`` applies."""
+    return _mel_spectrogram(sample_rate, n_fft, HOP, n_mels,
+                            torch.device(device or "cpu")).mel_scale.fb
+
+
+def log_mel(wave: torch.Tensor, *, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
+            hop: int = HOP, n_mels: int = N_MELS) -> torch.Tensor:
+    """(..., samples) -> (..., 1 + samples // hop, n_mels) float32 log-mel power.
+
+    Centred Hann frames of ``n_fft`` samples; log(mel + 1e-6).
+    """
+    transform = _mel_spectrogram(sample_rate, n_fft, hop, n_mels, wave.device)
+    mel = transform(wave.to(torch.float32))  # (..., n_mels, frames)
+    return torch.log(mel + LOG_FLOOR).transpose(-1, -2)
+
+
+def _window_energy(n_fft: int) -> float:
+    # sum w^2 of the periodic Hann window that MelSpectrogram uses.
+    return float(torch.hann_window(n_fft, dtype=torch.float64).square().sum())
+
+
+def _envelope_log_mel(a: torch.Tensor, e: torch.Tensor, frames: int, *, sample_rate: int,
+                      n_fft: int, n_mels: int) -> torch.Tensor:
+    """Log-mel image of the LPC power envelope, padded to ``frames`` frames.
+
+    a (..., T, order + 1), e (..., T, hop) -> (..., frames, n_mels). The envelope is
+    G^2 / |A(e^jw)|^2 with G^2 = mean(e^2) * sum(window^2): for an all-pole process driven
+    by white noise of power mean(e^2) this is the expected |STFT|^2 under the speech
+    spectrogram's window, so formant and speech share one scale.
+    """
+    a_power = torch.fft.rfft(a.to(torch.float32), n=n_fft).abs().square()  # (..., T, bins)
+    gain = e.to(torch.float32).square().mean(-1, keepdim=True) * _window_energy(n_fft)
+    envelope = gain / a_power.clamp_min(_MIN_A_POWER)
+    fb = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels,
+                        device=a.device)
+    image = torch.log(envelope @ fb + LOG_FLOOR)  # (..., T, n_mels)
+    missing = frames - image.shape[-2]
+    assert missing >= 0, (frames, image.shape)
+    last = image[..., -1:, :].expand(*image.shape[:-2], missing, n_mels)
+    return torch.cat([image, last], dim=-2)
+
+
+def _analyse(wave: torch.Tensor, order: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., samples) -> a (..., T, order + 1) float32, e (..., T, hop) float32."""
+    frames = frames_for_lpc(wave.to(torch.float32), order, hop)
+    a = lpc(frames, order)
+    return a, frame_residual(frames, a)
+
+
+def formant_envelope(wave: torch.Tensor, order: int = LPC_ORDER, *,
+                     sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: int = HOP,
+                     n_mels: int = N_MELS) -> torch.Tensor:
+    """(..., samples) -> (..., 1 + samples // hop, n_mels) log-mel LPC envelope."""
+    a, e = _analyse(wave, order, hop)
+    return _envelope_log_mel(a, e, 1 + wave.shape[-1] // hop, sample_rate=sample_rate,
+                             n_fft=n_fft, n_mels=n_mels)
+
+
+def residual(wave: torch.Tensor, order: int = LPC_ORDER, *, sample_rate: int = SAMPLE_RATE,
+             n_fft: int = N_FFT, hop: int = HOP, n_mels: int = N_MELS) -> torch.Tensor:
+    """(..., samples) -> (..., 1 + samples // hop, n_mels) log-mel of the LPC residual."""
+    _, e = _analyse(wave, order, hop)
+    return log_mel(_join(e, wave.shape[-1]), sample_rate=sample_rate, n_fft=n_fft, hop=hop,
+                   n_mels=n_mels)
+
+
+def _join(e: torch.Tensor, samples: int) -> torch.Tensor:
+    """(..., T, hop) frame residuals -> (..., samples) signal."""
+    return e.flatten(-2)[..., :samples]
+
+
+def extract_features(waves: torch.Tensor, *, sample_rate: int = SAMPLE_RATE,
+                     n_mels: int = N_MELS, order: int = LPC_ORDER, n_fft: int = N_FFT,
+                     hop: int = HOP) -> dict[str, torch.Tensor]:
+    """(N, samples) clips -> {"speech", "formant", "residual"}, each (N, frames, n_mels).
+
+    float32, frames = 1 + samples // hop (101 for 1 s at 16 kHz); LPC runs once and
+    serves both the formant envelope and the residual.
+    """
+    if waves.dim() != 2:
+        raise ValueError(f"waves must be (clips, samples), got shape {tuple(waves.shape)}")
+    mel = {"sample_rate": sample_rate, "n_fft": n_fft, "n_mels": n_mels}
+    frames = 1 + waves.shape[-1] // hop
+    a, e = _analyse(waves, order, hop)
+    return {
+        "speech": log_mel(waves, hop=hop, **mel),
+        "formant": _envelope_log_mel(a, e, frames, **mel),
+        "residual": log_mel(_join(e, waves.shape[-1]), hop=hop, **mel),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# I/O
+
+
+def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE,
+             num_samples: int = CLIP_SAMPLES) -> torch.Tensor:
+    """Read an audio file -> (num_samples,) float32 mono at ``sample_rate``.
+
+    Any soundfile subtype; channels are averaged, other rates resampled, the result
+    zero-padded or trimmed. ``ValueError`` (one line, naming the file) when the file
+    cannot be read or holds no samples.
+    """
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (samples, ch)
+    except (soundfile.SoundFileError, RuntimeError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"cannot read audio file {path}: {reason}") from err
+    if data.size == 0:
+        raise ValueError(f"audio file {path} holds no samples")
+    wave = torch.from_numpy(data).mean(dim=1)
+    if rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, rate, sample_rate)
+    return F.pad(wave, (0, max(num_samples - len(wave), 0)))[:num_samples].contiguous()

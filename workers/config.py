@@ -1,0 +1,176 @@
+"""The one typed description of a training run.
+
+The CLI builds it, Tune varies its fields by name, and every Ray Train worker rebuilds
+it from ``asdict``. Nothing else in dotsim carries a default for these settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from losses import NORMS, SCOPES, validate
+
+# Model sizes by name: a small default that trains on 2 CPU cores, larger ones for GPUs.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 32, "layers": 1, "heads": 2, "emb_dim": 32},
+    "small": {"d_model": 64, "layers": 2, "heads": 4, "emb_dim": 64},
+    "base": {"d_model": 192, "layers": 6, "heads": 6, "emb_dim": 128},
+    "large": {"d_model": 384, "layers": 12, "heads": 6, "emb_dim": 256},
+}
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything that defines one training run (one trial of a sweep)."""
+
+    # --- data -------------------------------------------------------------------------
+    data: str | None = None
+    """Prepared data folder (``dotsim prepare``); None: the synthetic corpus, prepared once
+    into the cache folder and reused."""
+
+    # --- model ------------------------------------------------------------------------
+    preset: str = "small"
+    """Model size: one of PRESETS (sets d_model, layers, heads, emb_dim)."""
+    frames_per_token: int = 2
+    """Spectrogram frames merged into one Transformer token (101 frames -> 51 tokens)."""
+    dropout: float = 0.1
+    """Dropout in the encoder; 0 makes runs at different world sizes comparable."""
+    temperature: float = 0.1
+    """Temperature of the cosine classifier: logits = cos(emb, class weight) / temperature."""
+
+    # --- loss -------------------------------------------------------------------------
+    similarity: str = "dot"
+    """cosine, dot, dot-legacy, or a custom ``package.module:function`` (Pair -> (B,))."""
+    norm: str = "minmax"
+    """Batch normalisation of the embedding norms: minmax or meanstd."""
+    scope: str = "global"
+    """Batch statistics over all ranks (global, exact) or each rank's own batch (local)."""
+    detach_stats: bool = False
+    """Stop gradients through the batch statistics."""
+    eps: float = 1e-6
+    """Floor of the min-max range / added to the variance, in units of the norms."""
+    w_lpc: float = 1.0
+    """Weight of similarity_loss(emb, emb_formant + emb_residual)."""
+    w_shuffled: float = 0.5
+    """Weight of similarity_loss(emb, shuffled reconstruction from other clips of the class)."""
+
+    # --- optimisation -----------------------------------------------------------------
+    epochs: int = 12
+    """Passes over the training split."""
+    batch_size: int = 128
+    """Global batch: classes_per_batch x clips_per_class, split into whole groups per worker."""
+    clips_per_class: int = 4
+    """K: clips of one class per group (>= 2, so the shuffled pairs never pair a clip with
+    itself)."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up over the first epoch, then cosine decay)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seeds the model initialisation, the batches and dropout."""
+
+    # --- runtime ----------------------------------------------------------------------
+    workers: int = 2
+    """Ray Train workers (DDP ranks)."""
+    gpu: bool = False
+    """One GPU per worker (nccl, bf16 autocast) instead of CPU (gloo, float32)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractions allowed, so sweeps fit small machines)."""
+    threads_per_worker: int = 0
+    """torch intra-op threads per worker; 0: max(1, floor(cpus_per_worker))."""
+    storage_path: str | None = None
+    """Where run folders (checkpoints, results) go; None: ~/dotsim_results."""
+    run_name: str | None = None
+    """Run folder name; re-using one resumes that run. None: derived from the variant."""
+    checkpoints_to_keep: int = 2
+    """Checkpoints kept per run (the best-validation weights travel inside each)."""
+    max_failures: int = 1
+    """Worker-group restarts from the last checkpoint before the run fails."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form tags (e.g. a sweep's study name); saved, never interpreted by training."""
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        validate(self.similarity, self.norm, self.scope)
+        _positive(self, "epochs", "batch_size", "workers", "frames_per_token", "eps",
+                  "temperature", "lr", "checkpoints_to_keep")
+        if self.clips_per_class < 2:
+            raise ValueError(f"clips_per_class must be >= 2; got {self.clips_per_class}")
+        if self.batch_size % self.clips_per_class:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of clips_per_class "
+                f"{self.clips_per_class}"
+            )
+        groups = self.batch_size // self.clips_per_class
+        if groups % self.workers:
+            raise ValueError(
+                f"batch_size {self.batch_size} holds {groups} class groups of "
+                f"{self.clips_per_class}, which do not split evenly over {self.workers} workers;"
+                f" use a batch size that is a multiple of {self.clips_per_class * self.workers}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:
+            raise ValueError("cpus_per_worker must be > 0, max_failures and "
+                             "threads_per_worker >= 0")
+
+    @property
+    def groups_per_batch(self) -> int:
+        return self.batch_size // self.clips_per_class
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return PRESETS[self.preset]
+
+    @property
+    def variant(self) -> str:
+        """The loss variant's name, e.g. ``dot:meanstd:global`` (``cosine`` has no stats)."""
+        if self.similarity == "cosine":
+            return "cosine"
+        name = f"{self.similarity}:{self.norm}:{self.scope}"
+        return name + ":detached" if self.detach_stats else name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Rebuild from ``to_dict`` (or Tune's config); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"unknown config field(s) {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _positive(cfg: RunConfig, *names: str) -> None:
+    for name in names:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be > 0; got {getattr(cfg, name)}")
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> its docstring, for CLI help (read from this module's source)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(RunConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+__all__ = ["NORMS", "PRESETS", "SCOPES", "RunConfig", "field_docs"]

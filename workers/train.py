@@ -1,0 +1,378 @@
+"""The per-rank training loop that every Ray Train worker runs.
+
+Read ``train_loop_per_worker`` top to bottom: it is a list of calls of the small steps
+below. Rank 0 writes checkpoints; every rank calls the collectives (the loss's global
+statistics, the epoch's metric reduction) in the same order, so none waits forever.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from losses import similarity_loss
+from workers.config import RunConfig
+from workers.data import FEATURES, Prepared, Split, load_prepared
+from workers.model import KeywordModel
+from workers.probes import linear_probe_accuracy
+from workers.sampler import epoch_batches
+
+CHECKPOINT_FILE = "state.pt"
+EVAL_BATCH = 256
+
+
+@dataclass
+class RankContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_initialized()
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the model and optimizer: plain values only, so
+    ``torch.load(weights_only=True)`` reads it."""
+
+    epoch: int = 0  # epochs finished
+    history: list[dict] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+    best_model: dict | None = None
+
+
+# --- the loop ------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = RunConfig.from_dict(config)
+    ctx = _rank_context(cfg)
+    data = load_prepared(cfg.data)
+    normalise = FeatureNorm.fit(data.splits["train"])  # before the train split is changed
+    splits = {name: normalise(split, ctx.device) for name, split in data.splits.items()}
+    model = build_model(cfg, data)
+    ddp_model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = restore(model, optimizer)
+
+    for epoch in range(state.epoch, cfg.epochs):
+        _seed_dropout(cfg, epoch, ctx)
+        maybe_inject_fault(epoch, ctx)
+        train_metrics = train_epoch(ddp_model, optimizer, splits["train"], cfg, epoch, ctx)
+        val = evaluate(model, splits["validation"], ctx)
+        metrics = {"epoch": epoch + 1, **train_metrics, **_prefixed("val_", val)}
+        state = _track_best(state, model, metrics)
+        if epoch + 1 == cfg.epochs:
+            metrics.update(final_evaluation(model, state, splits, ctx))
+        state.epoch = epoch + 1
+        state.history.append(metrics)
+        report(metrics, model, optimizer, state, ctx)
+
+
+# --- set-up --------------------------------------------------------------------------
+
+
+def _rank_context(cfg: RunConfig) -> RankContext:
+    train_ctx = ray.train.get_context()
+    threads = cfg.threads_per_worker or max(1, math.floor(cfg.cpus_per_worker))
+    torch.set_num_threads(threads)
+    return RankContext(train_ctx.get_world_rank(), train_ctx.get_world_size(),
+                       ray.train.torch.get_device())
+
+
+class FeatureNorm:
+    """Standardises each feature type per mel bin with the training split's statistics."""
+
+    def __init__(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.stats = stats
+
+    @classmethod
+    def fit(cls, train: Split) -> FeatureNorm:
+        stats = {}
+        for name in FEATURES:
+            x = train.features[name].reshape(-1, train.features[name].shape[-1])
+            stats[name] = (x.mean(0), x.std(0).clamp_min(1e-5))
+        return cls(stats)
+
+    def __call__(self, split: Split, device: torch.device) -> Split:
+        """Standardise in place (the raw features are not needed again), then move."""
+        features = {
+            name: split.features[name].sub_(mean).div_(std).to(device)
+            for name, (mean, std) in self.stats.items()
+        }
+        return Split(features, split.labels.to(device), split.speakers, split.clips)
+
+
+def build_model(cfg: RunConfig, data: Prepared) -> KeywordModel:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and world size
+    return KeywordModel(
+        classes=len(data.labels), temperature=cfg.temperature, n_mels=data.meta["n_mels"],
+        frames=data.meta["frames"], frames_per_token=cfg.frames_per_token,
+        dropout=cfg.dropout, **cfg.sizes,
+    )
+
+
+def _seed_dropout(cfg: RunConfig, epoch: int, ctx: RankContext) -> None:
+    # Derived from (seed, epoch, rank), so a resumed epoch draws what it drew the first time.
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+
+
+# --- one epoch -----------------------------------------------------------------------
+
+
+def train_epoch(model, optimizer, train: Split, cfg: RunConfig, epoch: int,
+                ctx: RankContext) -> dict[str, float]:
+    model.train()
+    batches = epoch_batches(train.labels.cpu().numpy(), classes_per_batch=cfg.groups_per_batch,
+                            clips_per_class=cfg.clips_per_class, seed=cfg.seed, epoch=epoch)
+    sums = torch.zeros(len(STEP_METRICS), dtype=torch.float64)
+    start = time.perf_counter()
+    for step, batch in enumerate(batches):
+        _set_lr(optimizer, cfg, epoch * len(batches) + step, cfg.epochs * len(batches))
+        local = batch.for_rank(ctx.rank, ctx.world_size)
+        sums += train_step(model, optimizer, train, local, cfg, ctx)
+    seconds = time.perf_counter() - start
+    means = _mean_over_ranks(sums / len(batches), ctx)
+    return {
+        **dict(zip(STEP_METRICS, means.tolist(), strict=True)),
+        "epoch_seconds": seconds,
+        "samples_per_second": len(batches) * cfg.batch_size / seconds,
+        "peak_rss_mb": _peak_rss_mb(ctx),
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+
+
+STEP_METRICS = ("train_loss", "train_ce", "train_lpc", "train_shuffled", "train_cos_rec",
+                "train_cos_shuffled")
+
+
+def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankContext):
+    """One optimisation step on this rank's groups; returns STEP_METRICS as a tensor."""
+    rows = torch.as_tensor(local.indices, device=ctx.device)
+    feats = [train.features[name][rows] for name in FEATURES]
+    labels = train.labels[rows]
+    with _autocast(cfg, ctx):
+        emb, emb_formant, emb_residual, logits = model(*feats)
+    ce = F.cross_entropy(logits.float(), labels)
+    emb_rec = emb_formant + emb_residual
+    # the shuffled reconstruction borrows formant and residual from two other clips of
+    # the same group (never the clip itself)
+    shuffled = (emb_formant[torch.as_tensor(local.formant_partner, device=ctx.device)]
+                + emb_residual[torch.as_tensor(local.residual_partner, device=ctx.device)])
+    loss_kwargs = {"similarity": cfg.similarity, "norm": cfg.norm, "scope": cfg.scope,
+                   "eps": cfg.eps, "detach_stats": cfg.detach_stats}
+    lpc = similarity_loss(emb, emb_rec, **loss_kwargs)
+    shuf = similarity_loss(emb, shuffled, **loss_kwargs)
+    total = ce + cfg.w_lpc * lpc + cfg.w_shuffled * shuf
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    with torch.no_grad():
+        cos_rec = F.cosine_similarity(emb.float(), emb_rec.float(), dim=-1).mean()
+        cos_shuf = F.cosine_similarity(emb.float(), shuffled.float(), dim=-1).mean()
+    return torch.stack([total, ce, lpc, shuf, cos_rec, cos_shuf]).detach().double().cpu()
+
+
+def _set_lr(optimizer, cfg: RunConfig, step: int, total_steps: int) -> None:
+    """Linear warm-up over the first epoch, then cosine decay to 5% of the peak."""
+    warmup = max(1, total_steps // cfg.epochs)
+    if step < warmup:
+        scale = (step + 1) / warmup
+    else:
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        scale = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * scale
+
+
+def _autocast(cfg: RunConfig, ctx: RankContext):
+    # bf16 on GPU (no loss scaling needed); float32 on CPU, where bf16 is slower
+    return torch.autocast(ctx.device.type, dtype=torch.bfloat16,
+                          enabled=cfg.gpu and ctx.device.type == "cuda")
+
+
+def _mean_over_ranks(values: torch.Tensor, ctx: RankContext) -> torch.Tensor:
+    """Mean over ranks; every rank has the same batch size, so this is the global mean."""
+    if not ctx.distributed:
+        return values
+    values = values.to(ctx.device)
+    dist.all_reduce(values)  # every rank calls this once per epoch
+    return (values / ctx.world_size).cpu()
+
+
+def _peak_rss_mb(ctx: RankContext) -> float:
+    """Largest peak resident set size over the ranks, in MiB."""
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0],
+                        dtype=torch.float64, device=ctx.device)
+    if ctx.distributed:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return float(peak.item())
+
+
+# --- evaluation ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed(model, split: Split, rows: torch.Tensor):
+    """(emb, emb_formant, emb_residual, logits) of the given rows, in eval mode."""
+    model.eval()
+    outs = [model(*[split.features[n][rows[i:i + EVAL_BATCH]] for n in FEATURES])
+            for i in range(0, len(rows), EVAL_BATCH)]
+    if not outs:  # an empty shard: a rank with no rows still joins the reduction
+        dim, classes = model.classifier.weight.shape[1], model.classifier.weight.shape[0]
+        empty = torch.zeros(0, dim, device=rows.device)
+        return empty, empty, empty, torch.zeros(0, classes, device=rows.device)
+    return [torch.cat(parts).float() for parts in zip(*outs, strict=True)]
+
+
+def evaluate(model, split: Split, ctx: RankContext) -> dict[str, float]:
+    """Accuracy and raw cosine(emb, emb_formant + emb_residual) over the whole split.
+
+    Each rank takes rows rank::world (shards may differ by one); no similarity loss is
+    computed, so no global-statistics collective runs on the uneven shards. The unwrapped
+    model is used: DDP's forward is for training steps only.
+    """
+    rows = torch.arange(ctx.rank, len(split), ctx.world_size, device=ctx.device)
+    emb, emb_formant, emb_residual, logits = embed(model, split, rows)
+    sums = torch.tensor([
+        (logits.argmax(-1) == split.labels[rows]).sum().item(),
+        F.cosine_similarity(emb, emb_formant + emb_residual, dim=-1).sum().item(),
+        len(rows),
+    ], dtype=torch.float64, device=ctx.device)
+    if ctx.distributed:
+        dist.all_reduce(sums)  # every rank calls this, whatever its shard size
+    correct, cos_sum, count = sums.tolist()
+    return {"acc": correct / max(count, 1), "cos_rec": cos_sum / max(count, 1)}
+
+
+def _track_best(state: TrainState, model, metrics: dict) -> TrainState:
+    if metrics["val_acc"] > state.best_val_acc:
+        state.best_val_acc = metrics["val_acc"]
+        state.best_epoch = metrics["epoch"]
+        state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return state
+
+
+def final_evaluation(model, state: TrainState, splits: dict[str, Split],
+                     ctx: RankContext) -> dict[str, float]:
+    """Test accuracy of the best-validation weights, and the two linear probes."""
+    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state.best_model)
+    test = evaluate(model, splits["test"], ctx)
+    probes = probe_accuracies(model, splits["test"])
+    model.load_state_dict(current)
+    return {"test_acc": test["acc"], "test_cos_rec": test["cos_rec"],
+            "best_epoch": state.best_epoch, **probes}
+
+
+def probe_accuracies(model, split: Split) -> dict[str, float]:
+    """Held-out linear probes: the word from emb_formant, the speaker from emb_residual.
+
+    The test split's speakers were never trained on; each probe is fitted on half of every
+    speaker's clips and scored on the other half. Every rank computes the same numbers
+    (deterministic, small), so no rank waits for another.
+    """
+    rows = torch.arange(len(split), device=split.labels.device)
+    _, emb_formant, emb_residual, _ = embed(model, split, rows)
+    speakers = {s: i for i, s in enumerate(sorted(set(split.speakers)))}
+    speaker_ids = torch.tensor([speakers[s] for s in split.speakers])
+    fit = _half_per_speaker(split.speakers)
+    return {
+        "probe_word_from_formant": linear_probe_accuracy(
+            emb_formant.cpu(), split.labels.cpu(), fit),
+        "probe_speaker_from_residual": linear_probe_accuracy(
+            emb_residual.cpu(), speaker_ids, fit),
+    }
+
+
+def _half_per_speaker(speakers: list[str]) -> torch.Tensor:
+    """Boolean mask: every other clip of each speaker, in split order."""
+    seen: dict[str, int] = {}
+    mask = []
+    for s in speakers:
+        mask.append(seen.get(s, 0) % 2 == 0)
+        seen[s] = seen.get(s, 0) + 1
+    return torch.tensor(mask)
+
+
+def _prefixed(prefix: str, values: dict) -> dict:
+    return {prefix + k: v for k, v in values.items()}
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+
+def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext) -> None:
+    """Every rank reports the metrics; rank 0 attaches the checkpoint."""
+    if ctx.rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": state.epoch,
+            "history": state.history,
+            "best_val_acc": state.best_val_acc,
+            "best_epoch": state.best_epoch,
+            "best_model": state.best_model,
+        }
+        # written under a temporary name and renamed: never a half-written state.pt
+        torch.save(payload, Path(tmp) / (CHECKPOINT_FILE + ".tmp"))
+        os.replace(Path(tmp) / (CHECKPOINT_FILE + ".tmp"), Path(tmp) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def load_checkpoint(directory: str | Path) -> dict:
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def restore(model, optimizer) -> TrainState:
+    """Continue from Ray Train's latest checkpoint (a resumed run or a restarted group)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as directory:
+        saved = load_checkpoint(directory)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return TrainState(epoch=saved["epoch"], history=saved["history"],
+                      best_val_acc=saved["best_val_acc"], best_epoch=saved["best_epoch"],
+                      best_model=saved["best_model"])
+
+
+# --- fault injection for tests -------------------------------------------------------
+
+FAULT_ENV = "DOTSIM_TEST_KILL"
+
+
+def maybe_inject_fault(epoch: int, ctx: RankContext) -> None:
+    """Kill this worker process once, for the fault-tolerance tests.
+
+    ``DOTSIM_TEST_KILL=RANK:EPOCH:MARKER_FILE`` makes rank RANK exit hard at the start of
+    epoch EPOCH (0-based) unless MARKER_FILE exists; it creates the file first, so the
+    restarted worker group runs through.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    rank, at_epoch, marker = spec.split(":", 2)
+    if ctx.rank == int(rank) and epoch == int(at_epoch) and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)
+
+
