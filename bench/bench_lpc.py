@@ -1,6 +1,6 @@
 """Batched Burg LPC + residual (workers.audio) against the author's per-frame loop.
 
-    .venv/bin/python bench/bench_lpc.py [--frames 2000] [--order 20] [--rounds 9]
+    .venv/bin/python bench/bench_lpc.py [--frames 2000] [--order 20] [--rounds 5]
                                         [--device cuda] [--gpu-frames 400000]
 
 One CPU thread everywhere (torch, numba, BLAS). Checks parity first (batched float64
@@ -10,9 +10,10 @@ against librosa.lpc row by row), then times on the same float32 frames, in the s
       Python loop (numba warmed up);
   (b) workers.audio.lpc + workers.audio.frame_residual on the whole batch.
 
-The contenders take turns, --rounds passes each over all frames; prints the median and
-best pass as microseconds per frame. Copy the output with the machine into
-bench/RESULTS_lpc.md.
+The contenders take turns for --rounds rounds, each round timing the best of 3
+back-to-back passes over all frames; prints the median as microseconds per frame of this
+thread's CPU time (robust to other processes taking turns on the cores) and of wall
+time. Copy the output with the machine into bench/RESULTS_lpc.md.
 """
 
 import os
@@ -57,18 +58,25 @@ def speech_like_frames(n_frames: int, length: int, seed: int = 0) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def interleaved(contenders: dict, rounds: int) -> dict[str, tuple[float, float]]:
-    """{name: (median, best) seconds of one call}; every round calls every contender once,
-    so a busy machine slows all of them alike."""
+def interleaved(contenders: dict, rounds: int, burst: int = 3) -> dict[str, dict[str, float]]:
+    """Median over rounds of the best of ``burst`` back-to-back calls, in seconds,
+    {name: {"cpu": ..., "wall": ...}}. The contenders take turns round by round, so a
+    busy machine slows all of them alike, and each is timed warm (its own data in cache).
+    "cpu" is this thread's CPU time, which other processes taking turns on the cores do
+    not inflate."""
     for fn in contenders.values():
         fn()  # warm-up
     samples = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: (float(np.median(t)), min(t)) for name, t in samples.items()}
+            best = (np.inf, np.inf)
+            for _ in range(burst):
+                wall, cpu = time.perf_counter(), time.thread_time()
+                fn()
+                best = min(best, (time.thread_time() - cpu, time.perf_counter() - wall))
+            samples[name].append(best)
+    return {name: dict(zip(("cpu", "wall"), np.median(np.array(t), axis=0), strict=True))
+            for name, t in samples.items()}
 
 
 def author_method(frames: np.ndarray, order: int, residual: bool):
@@ -121,15 +129,23 @@ def cpu_benchmark(frames32: np.ndarray, order: int, rounds: int) -> None:
         "(b) batched lpc + residual, float32": batched(frames_t, order, True),
         "    batched lpc + residual, float64": batched(frames_t.double(), order, True),
     }, rounds)
-    print(f"\n{'method':40s} {'us/frame median':>16s} {'best':>8s}")
-    for name, (median, best) in timings.items():
-        print(f"{name:40s} {median / n * 1e6:16.2f} {best / n * 1e6:8.2f}")
+    print(f"\nmedian of {rounds} rounds of the best of 3 back-to-back passes")
+    print(f"{'method':40s} {'CPU us/frame':>13s} {'wall us/frame':>14s}")
+    for name, t in timings.items():
+        print(f"{name:40s} {t['cpu'] / n * 1e6:13.2f} {t['wall'] / n * 1e6:14.2f}")
     for label, slow, fast in [
         ("lpc + residual", "(a) librosa.lpc + lfilter loop", "(b) batched lpc + residual, float32"),
         ("lpc alone", "(a) librosa.lpc loop", "(b) batched lpc, float32"),
     ]:
-        print(f"speedup, {label}: {timings[slow][0] / timings[fast][0]:.1f}x median, "
-              f"{timings[slow][1] / timings[fast][1]:.1f}x best")
+        print(f"speedup, {label}: {timings[slow]['cpu'] / timings[fast]['cpu']:.1f}x CPU time, "
+              f"{timings[slow]['wall'] / timings[fast]['wall']:.1f}x wall")
+
+
+def features_benchmark(clips: int, rounds: int) -> None:
+    waves = torch.from_numpy(speech_like_frames(clips * 100, 160, seed=1).reshape(clips, -1))
+    t = interleaved({"extract_features": lambda: audio.extract_features(waves)}, rounds, 1)
+    print(f"\nextract_features on {clips} clips of 1 s (speech-like): "
+          f"{t['extract_features']['cpu'] / clips * 1e3:.2f} ms CPU per clip")
 
 
 def gpu_benchmark(n_frames: int, frames32: np.ndarray, order: int, rounds: int) -> None:
@@ -146,9 +162,9 @@ def gpu_benchmark(n_frames: int, frames32: np.ndarray, order: int, rounds: int) 
         name: batched(frames, order, residual, torch.cuda.synchronize)
         for name, residual in [("lpc", False), ("lpc + residual", True)]
     }, rounds)
-    for name, (median, _) in timings.items():
+    for name, t in timings.items():
         print(f"GPU batched {name}, float32, {n_frames} frames: "
-              f"{n_frames / median / 1e6:.2f} M frames/s median ({median * 1e3:.1f} ms)")
+              f"{n_frames / t['wall'] / 1e6:.2f} M frames/s ({t['wall'] * 1e3:.1f} ms)")
 
 
 def main(argv=None) -> None:
@@ -156,9 +172,11 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--order", type=int, default=audio.LPC_ORDER)
     parser.add_argument("--hop", type=int, default=audio.HOP)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gpu-frames", type=int, default=400_000)
+    parser.add_argument("--clips", type=int, default=64,
+                        help="clips for the extract_features timing (0: skip it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -168,6 +186,8 @@ def main(argv=None) -> None:
           f"order {args.order}")
     check_parity(frames32, args.order)
     cpu_benchmark(frames32, args.order, args.rounds)
+    if args.clips:
+        features_benchmark(args.clips, min(args.rounds, 3))
     if args.device == "cuda":
         gpu_benchmark(args.gpu_frames, frames32, args.order, args.rounds)
 

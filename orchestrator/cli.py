@@ -10,12 +10,14 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import types
 import typing
 from pathlib import Path
 
 import click
 
+from orchestrator import variants as sweep_variants
 from workers.config import RunConfig, field_docs
 
 EXAMPLE_TRAIN = "dotsim train --similarity dot --norm meanstd --scope global --epochs 12"
@@ -81,7 +83,21 @@ def address_option(func):
 # --- the group -----------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class DotsimGroup(click.Group):
+    """Turns bad input found below the CLI layer (a ValueError from the config, the data
+    or the source folder; an unreachable cluster) into a UserError: exit 2, one line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError, ConnectionError) as err:
+            if os.environ.get("DOTSIM_DEBUG"):
+                raise
+            raise UserError(_one_line(err)) from err
+
+
+@click.group(cls=DotsimGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli():
     """dotsim: compare dot-similarity loss variants for speech embeddings on Ray.
 
@@ -166,17 +182,12 @@ def train(address, dashboard, as_json, **options):
       dotsim train --similarity dot --norm meanstd --scope local --workers 2 --json
     """
     cfg = build_config(options)
-    from orchestrator.launch import ray_session, run_training
-    from orchestrator.prepare import ensure_synthetic
-
     if cfg.gpu and not address and not _local_gpu():
         raise UserError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
                         "--address of a GPU cluster")
-    if cfg.data is None:
-        cfg = cfg.replace(data=str(ensure_synthetic()))
-    else:
-        cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
-        _check_prepared(cfg.data)
+    from orchestrator.launch import ray_session, run_training
+
+    cfg = _resolve_data(cfg)
     with ray_session(address, num_cpus=_local_cpus(cfg), dashboard=dashboard):
         _check_resources(cfg)
         summary = run_training(cfg)
@@ -187,6 +198,181 @@ def train(address, dashboard, as_json, **options):
         click.echo(f"{summary['variant']}: test_acc {m['test_acc']:.4f} (best epoch "
                    f"{m['best_epoch']}), val_acc {m['val_acc']:.4f}; run folder "
                    f"{summary['path']}")
+
+
+@cli.command()
+@config_options
+@click.option("--name", default=None,
+              help="Sweep folder name under the storage path [default: sweep-<date-time>].")
+@click.option("--variants", default=None,
+              help="Comma-separated variants: cosine or SIMILARITY:NORM:SCOPE[:detached] "
+                   f"[default: {','.join(sweep_variants.DEFAULT_VARIANTS)}].")
+@click.option("--with-detached", is_flag=True,
+              help="Add a detach_stats variant of every variant that has statistics.")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Seeds per variant (0, 1, ...); comparisons pair variants by seed.")
+@click.option("--grid", "grid_items", multiple=True, metavar="KEY=V1,V2",
+              help="Cross another config field, e.g. --grid w_lpc=0.5,1 (repeatable).")
+@click.option("--scheduler", type=click.Choice(["fifo", "asha"]), default="fifo",
+              show_default=True,
+              help="fifo runs every trial to the end (needed for fair comparisons); asha stops "
+                   "weak trials early on validation accuracy (exploration only).")
+@click.option("--max-concurrent", type=int, default=None,
+              help="Trials at once [default: as many as the cluster's CPUs/GPUs can place].")
+@click.option("--study", type=click.Choice(["world-size"]), default=None,
+              help="world-size: the same global batch at world sizes --world-sizes, dropout "
+                   "off; the report shows how far each moves from world size 1.")
+@click.option("--world-sizes", default="1,2,4", show_default=True,
+              help="World sizes of --study world-size.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+              help="Continue the interrupted sweep in this folder (other options are ignored).")
+@address_option
+@click.option("--dashboard", is_flag=True,
+              help="Start the Ray Dashboard on 127.0.0.1:8265 (local Ray only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concurrent, study,
+          world_sizes, resume_dir, address, dashboard, as_json, **options):
+    """Compare loss variants with Ray Tune: variants x seeds (x --grid), then report.
+
+    The default grid is cosine plus dot x {minmax, meanstd} x {global, local}, 3 seeds
+    each. Every trial trains with Ray Train; progress is in TensorBoard
+    (tensorboard --logdir SWEEP_DIR) and, with --dashboard, the Ray Dashboard. Stop it any
+    time and continue with --resume SWEEP_DIR: finished trials are not run again.
+
+    \b
+    Example:
+      dotsim sweep --epochs 12 --seeds 3
+      dotsim sweep --variants cosine,dot:meanstd:global --grid w_lpc=0.5,1 --seeds 2
+      dotsim sweep --study world-size --variants dot:minmax:global,dot:minmax:local
+      dotsim sweep --resume ~/dotsim_results/sweep-2026-11-27_10-00-00
+    """
+    from orchestrator import sweep as sweeps
+    from orchestrator.launch import default_storage, ray_session
+
+    if resume_dir is not None:
+        definition = sweeps.read_definition(resume_dir)
+        base = RunConfig.from_dict(definition["base"])
+        with ray_session(address, num_cpus=_local_cpus(base), dashboard=dashboard):
+            sweeps.resume_sweep(resume_dir)
+        return _print_report(resume_dir, as_json)
+
+    base = build_config(options)
+    chosen = (variants.split(",") if variants else
+              list(sweep_variants.STUDY_VARIANTS if study else sweep_variants.DEFAULT_VARIANTS))
+    if with_detached:
+        chosen += [v + ":detached" for v in chosen if v.count(":") == 2]
+    sizes = _world_sizes(world_sizes) if study == "world-size" else None
+    if seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    trials = sweep_variants.trial_configs(chosen, seeds,
+                                          sweep_variants.parse_grid(list(grid_items)), sizes)
+    base = _resolve_data(base)
+    if sizes:
+        base = base.replace(dropout=0.0)
+    storage = Path(base.storage_path or default_storage()).expanduser().resolve()
+    folder = storage / (name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    click.echo(f"Sweep of {len(trials)} trials in {folder}\n"
+               f"  live curves: tensorboard --logdir {folder}", err=True)
+    with ray_session(address, num_cpus=_local_cpus(base), dashboard=dashboard):
+        if sizes:
+            base = base.replace(cpus_per_worker=_study_cpus(base, max(sizes)))
+        sweeps.run_sweep(folder, base, trials, scheduler=scheduler,
+                         max_concurrent=max_concurrent, study=study)
+    _print_report(folder, as_json)
+
+
+@cli.command()
+@click.argument("sweep_dir", type=click.Path(path_type=Path))
+@click.option("--baseline", default="cosine", show_default=True,
+              help="Variant the others are compared with, paired by seed.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown",
+              show_default=True, help="Output format on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--plot/--no-plot", default=True, show_default=True,
+              help="Write comparison.png into SWEEP_DIR.")
+def report(sweep_dir, baseline, fmt, as_json, plot):
+    """Summarise a sweep: accuracy with 95% intervals, paired comparisons, plots.
+
+    \b
+    Example:
+      dotsim report ~/dotsim_results/sweep-2026-11-27_10-00-00
+      dotsim report SWEEP_DIR --baseline dot:minmax:local --json
+    """
+    _print_report(sweep_dir, as_json or fmt == "json", baseline=baseline, plot=plot)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
+              help="The cluster's Jobs API, e.g. http://127.0.0.1:8265 (through "
+                   "`dotsim cluster dashboard`).")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+@click.option("--working-dir", default=".", show_default=True,
+              help="Folder uploaded as the job's working directory ('' for none).")
+def submit(args, address, no_wait, working_dir):
+    """Run a dotsim command on a cluster as a Ray Job, or manage such jobs.
+
+    Everything after -- is the dotsim command to run there. The job's logs stream here
+    and the exit code is non-zero when the job fails. Token authentication: the token
+    comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+
+    \b
+    Example:
+      dotsim submit --address http://127.0.0.1:8265 -- train --gpu --workers 4
+      dotsim submit --no-wait -- sweep --seeds 5
+      dotsim submit status raysubmit_abc123
+      dotsim submit logs raysubmit_abc123
+      dotsim submit stop raysubmit_abc123
+    """
+    from orchestrator import submit as jobs
+
+    args = list(args)
+    if args and args[0] in ("status", "logs", "stop"):
+        if len(args) != 2:
+            raise UserError(f"usage: dotsim submit {args[0]} JOB_ID")
+        client = jobs.client(address)
+        action, job_id = args
+        if action == "status":
+            click.echo(client.get_job_status(job_id).value)
+        elif action == "logs":
+            click.echo(client.get_job_logs(job_id), nl=False)
+        else:
+            click.echo("stopped" if client.stop_job(job_id) else "not running")
+        return
+    job_id, status = jobs.submit(address, args, working_dir=working_dir or None,
+                                 wait=not no_wait)
+    click.echo(job_id if status is None else f"job {job_id}: {status.value}", err=status
+               is not None)
+    if status is not None and status.value != "SUCCEEDED":
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["up", "down", "status", "dashboard", "validate"]))
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              default=Path("cluster.yaml"), show_default=True,
+              help="Ray cluster launcher config.")
+def cluster(action, config_path):
+    """Start, stop or inspect the GPU cluster of cluster.yaml (Ray's cluster launcher).
+
+    The file is checked against Ray's schema offline first. `dashboard` forwards the
+    head's dashboard and Jobs API to http://127.0.0.1:8265 over SSH (the head serves them
+    on its own 127.0.0.1 only), for the browser and for `dotsim submit`.
+
+    \b
+    Example:
+      dotsim cluster validate
+      dotsim cluster up --config cluster.yaml
+      dotsim cluster dashboard
+      dotsim cluster down
+    """
+    from orchestrator import cluster as launcher
+
+    if action == "validate":
+        launcher.validate(config_path)
+        click.echo(f"{config_path}: valid Ray cluster config")
+        return
+    sys.exit(launcher.run(action, config_path))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -219,10 +405,44 @@ def _local_cpus(cfg: RunConfig) -> int:
     return max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.cpus_per_worker))
 
 
-def _check_prepared(path: str) -> None:
+def _resolve_data(cfg: RunConfig) -> RunConfig:
+    """An absolute, checked prepared folder; the synthetic cache when none is given."""
+    from orchestrator.prepare import ensure_synthetic
     from workers.data import read_meta
 
-    read_meta(Path(path))  # PreparedDataError (a ValueError) names what is wrong
+    if cfg.data is None:
+        return cfg.replace(data=str(ensure_synthetic()))
+    path = Path(cfg.data).expanduser().resolve()
+    read_meta(path)  # PreparedDataError (a ValueError) names what is wrong
+    return cfg.replace(data=str(path))
+
+
+def _world_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x) for x in text.split(",")})
+    except ValueError as err:
+        raise UserError(f"--world-sizes {text!r}: write numbers like 1,2,4") from err
+    if sizes[0] != 1 or min(sizes) < 1:
+        raise UserError("--world-sizes must include 1 (the reference) and be >= 1")
+    return sizes
+
+
+def _study_cpus(base: RunConfig, widest: int) -> float:
+    """CPUs per worker so the widest world size fits the cluster (fractions allowed)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return min(base.cpus_per_worker, round((cpus - 0.05) / widest, 3))
+
+
+def _print_report(sweep_dir: Path, as_json: bool, baseline: str = "cosine",
+                  plot: bool = True) -> None:
+    from orchestrator import report as reports
+
+    result = reports.build_report(Path(sweep_dir), baseline=baseline)
+    if plot:
+        result["plot"] = str(reports.plot(Path(sweep_dir)))
+    click.echo(json.dumps(result, default=str) if as_json else reports.to_markdown(result))
 
 
 def _check_resources(cfg: RunConfig) -> None:
@@ -256,16 +476,8 @@ def main(argv=None) -> None:
         click.echo("dotsim: aborted", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        if debug:
-            raise
-        click.echo(f"dotsim: error: {_one_line(err) if not err.message else err.format_message()}"
-                   .splitlines()[0], err=True)
+        click.echo(f"dotsim: error: {err.format_message()}".splitlines()[0], err=True)
         sys.exit(err.exit_code)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
-        if debug:
-            raise
-        click.echo(f"dotsim: error: {_one_line(err)}", err=True)
-        sys.exit(2)
     except Exception as err:  # a failed run: say what failed, exit non-zero
         if debug:
             raise

@@ -26,7 +26,8 @@ TOKEN_FILE = Path("~/.ray/auth_token")
 
 
 def default_storage() -> Path:
-    return Path(os.path.expanduser("~/dotsim_results"))
+    """DOTSIM_STORAGE (a cluster sets it to shared storage), else ~/dotsim_results."""
+    return Path(os.environ.get("DOTSIM_STORAGE") or os.path.expanduser("~/dotsim_results"))
 
 
 # --- Ray connection ------------------------------------------------------------------

@@ -161,6 +161,17 @@ def test_lpc_degenerate_frames_are_finite(dtype):
         assert a[row, 2:].abs().max() < 1e-6
 
 
+def test_lpc_chunks_and_redone_frames_land_in_their_rows(monkeypatch):
+    # Chunk boundaries (large inputs run in chunks) and the direct redo of some frames
+    # must keep every row in place.
+    monkeypatch.setattr(audio, "_CPU_CHUNK", 7)
+    x = np.concatenate([_signals("speech-like", 12),
+                        _damped_sinusoids(np.random.default_rng(2), 12, noise=1e-4)])
+    x = x[np.random.default_rng(0).permutation(len(x))]
+    np.testing.assert_allclose(audio.lpc(torch.from_numpy(x), 20).numpy(),
+                               _librosa_rows(x, 20), rtol=0, atol=1e-5)
+
+
 def test_lpc_rows_are_independent_of_their_neighbours():
     x = _signals("speech-like", 6)
     mixed = np.concatenate([x[:3], np.zeros((2, FRAME)), np.ones((1, FRAME)), x[3:]])

@@ -151,10 +151,11 @@ def _pool_mean_std(features: torch.Tensor, active: torch.Tensor) -> torch.Tensor
 
 
 def _source_filter_probes(corpus: dict[str, synth.Corpus]) -> dict[str, float]:
-    """Linear-probe accuracies of word and speaker from the formant and residual features.
+    """Linear-probe accuracies of word and speaker from the features of ``corpus``.
 
     word: fit on the train speakers, scored on the held-out (validation + test) speakers,
     features pooled over 4 parts of the spoken span (so the order of segments counts).
+    "word/speech-average" instead pools the whole clip to one mean (order lost).
     speaker: over all speakers, fit on the even word indices, scored on the odd ones,
     features pooled to mean and std over the spoken frames.
     """
@@ -168,7 +169,11 @@ def _source_filter_probes(corpus: dict[str, synth.Corpus]) -> dict[str, float]:
     active = _active(features["speech"])
     train = torch.from_numpy(np.isin(speakers, corpus["train"].speakers))
     _, speaker_index = np.unique(speakers, return_inverse=True)
-    accuracy = {}
+    accuracy = {
+        "word/speech-average": linear_probe_accuracy(features["speech"].mean(1), words, train),
+        "word/speech": linear_probe_accuracy(_pool_segments(features["speech"], active, 4),
+                                             words, train),
+    }
     for name in ("formant", "residual"):
         pooled = _pool_segments(features[name], active, 4)
         accuracy[f"word/{name}"] = linear_probe_accuracy(pooled, words, train)
@@ -188,10 +193,10 @@ def one_thread():
 
 
 def test_formant_carries_the_word_and_residual_the_speaker(corpus, one_thread):
-    # Over seeds 0-15 the word margin was >= 0.25 and the speaker margin >= 0.09; the
+    # Over seeds 0-15 the word margin was >= 0.33 and the speaker margin >= 0.17; the
     # margins asserted leave room for that spread (the fixture's seed is fixed anyway).
     accuracy = _source_filter_probes(corpus)
-    assert accuracy["word/formant"] > accuracy["word/residual"] + 0.15, accuracy
-    assert accuracy["speaker/residual"] > accuracy["speaker/formant"] + 0.05, accuracy
+    assert accuracy["word/formant"] > accuracy["word/residual"] + 0.2, accuracy
+    assert accuracy["speaker/residual"] > accuracy["speaker/formant"] + 0.1, accuracy
     # Neither is trivial nor hopeless: chance is 1/35 for the word and 1/10 for the speaker.
-    assert accuracy["word/formant"] > 0.5 and accuracy["speaker/residual"] > 0.35, accuracy
+    assert accuracy["word/formant"] > 0.4 and accuracy["speaker/residual"] > 0.35, accuracy

@@ -18,7 +18,9 @@ shape without a loop over frames. Instead of updating whole error vectors at eve
 it runs the fast Burg recursion (K. Vos, "A Fast Implementation of Burg's Method", 2013):
 one pass over each frame for its autocorrelation, then O(order) numbers per frame and
 order. That recursion works on sums of products of the signal whose differences are the
-(small) prediction errors, so it always runs in float64 and casts back at the end.
+(small) prediction errors, so it always runs in float64 and casts back at the end; the
+few frames where even float64 is too short for it (nearly noiseless ones) are redone with
+librosa's direct recursion.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ _EXHAUSTED = 1e-13
 # eps * |a|_1^2 * E_0 / E_order; above this (a nearly noiseless frame, e.g. a ringing
 # filter in float audio) the frame is redone with the direct recursion, as librosa runs it.
 _ILL_CONDITIONED = 1e-8
-# Frames per pass of the Burg recursion on a CPU: its per-order vectors, (order, chunk)
-# float64, then stay in the core's cache.
+# Frames per pass of the Burg recursion on a CPU: enough to amortise the ~20 small
+# operations per order (measured: 2048-4096 best), few enough to bound the working memory.
 _CPU_CHUNK = 4096
 # Smallest |A(e^jw)|^2 of the envelope: a zero on the unit circle (a constant frame has
 # A = 1 - z^-1) caps the envelope at +100 dB over the error power instead of dividing by 0.
@@ -65,9 +67,10 @@ def lpc(x: torch.Tensor, order: int) -> torch.Tensor:
 
     x: (..., n) floating frames; returns (..., order + 1) in x's dtype with a[..., 0] = 1,
     the prediction-error filter A(z) = sum_k a_k z^-k of ``librosa.lpc(x, order=order)``
-    (error e[n] = sum_k a_k x[n-k]). Silent frames give [1, 0, ..., 0]; frames that are
-    predicted exactly before ``order`` (a constant, a pure tone) get zeros for the
-    remaining reflection coefficients; the result is always finite for finite input.
+    (error e[n] = sum_k a_k x[n-k]). Computed in float64 whatever x's dtype. Silent
+    frames give [1, 0, ..., 0]; frames that are predicted exactly before ``order`` (a
+    constant, a pure tone) get zeros for the remaining reflection coefficients; the result
+    is always finite for finite input.
     """
     n = x.shape[-1]
     order = operator.index(order)
@@ -186,16 +189,16 @@ def frame_residual(frames: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """
     length, order = frames.shape[-1], a.shape[-1] - 1
     a = a.to(frames.dtype)
-    if frames.dtype == torch.float64 and frames.device.type == "cpu":
-        # oneDNN has no float64 convolution, and the fallback is 5x slower than this.
-        e = frames[..., order:] * a[..., :1]
-        for k in range(1, order + 1):
-            e.addcmul_(frames[..., order - k: length - k], a[..., k: k + 1])
-        return e
-    flat = frames.reshape(1, -1, length)  # (1, B, hop + order): one conv group per frame
-    kernel = a.reshape(-1, 1, order + 1).flip(-1)
-    e = F.conv1d(flat, kernel, groups=flat.shape[1])  # (1, B, hop)
-    return e.reshape(*frames.shape[:-1], length - order)
+    if frames.device.type == "cpu" and frames.dtype == torch.float32:
+        # oneDNN's grouped convolution (one group per frame) is 3x faster than the loop.
+        flat = frames.reshape(1, -1, length)  # (1, B, hop + order)
+        kernel = a.reshape(-1, 1, order + 1).flip(-1)
+        e = F.conv1d(flat, kernel, groups=flat.shape[1])  # (1, B, hop)
+        return e.reshape(*frames.shape[:-1], length - order)
+    e = frames[..., order:] * a[..., :1]
+    for k in range(1, order + 1):
+        e.addcmul_(frames[..., order - k : length - k], a[..., k : k + 1])
+    return e
 
 
 # --------------------------------------------------------------------------------------

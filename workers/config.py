@@ -81,7 +81,8 @@ class RunConfig:
     threads_per_worker: int = 0
     """torch intra-op threads per worker; 0: max(1, floor(cpus_per_worker))."""
     storage_path: str | None = None
-    """Where run folders (checkpoints, results) go; None: ~/dotsim_results."""
+    """Where run folders (checkpoints, results) go; every node must see it. None:
+    $DOTSIM_STORAGE, else ~/dotsim_results."""
     run_name: str | None = None
     """Run folder name; re-using one resumes that run. None: derived from the variant."""
     checkpoints_to_keep: int = 2

@@ -78,6 +78,21 @@ FAMILY_SIZE = 4  # words that share one multiset of segments
 _RECIPE_SEED = 20_240_917
 _MEMBER_STRETCH = 0.25  # log-sd of a member's own duration factors
 
+# Variation of a clip beyond its speaker and word (log-sds unless stated): what makes the
+# task not trivial. The calibration in the module docstring was measured with these.
+_TEMPO_JITTER = 0.07  # the clip's overall speaking rate
+_DURATION_JITTER = 0.2  # each segment's duration
+_VTL_JITTER = 0.03  # the clip's formant scale
+_PITCH_JITTER = 0.015  # the clip's mean f0
+_STRESS_JITTER = 0.15  # each segment's loudness
+_FORMANT_JITTER = 0.06  # log-sd of each vowel target formant
+_UNDERSHOOT = 0.35  # largest share by which a vowel target moves towards _NEUTRAL_VOWEL
+_NEUTRAL_VOWEL = np.array([500.0, 1500.0, 2500.0, F4_HZ])  # schwa: a uniform tube
+_BURST_DROP = 0.15  # chance that a burst is silent
+_BACKGROUND_CHANCE = 0.5  # share of clips with background noise ...
+_SNR_DB = (10.0, 35.0)  # ... at an SNR drawn from this range
+_GAIN_DB = (-20.0, 0.0)  # clip level below the 0.9 peak
+
 # STFT used for the filtering: 16 ms Hann windows every 8 ms (the windows sum to 1) and a
 # 512-point FFT, so the decaying (causal) resonator response has 16 ms before it wraps.
 _WIN = 256
@@ -198,10 +213,11 @@ def word_recipes() -> tuple[tuple[Segment, ...], ...]:
 
 
 def make_speakers(n: int, seed: int) -> list[Speaker]:
-    """``n`` random speakers, half with low pitch and long tracts, half high and short.
+    """``n`` random speakers "spk000", "spk001", ...; the same seed gives the same speakers.
 
-    The two groups mimic adult male and female voices, so pitch and vocal-tract length
-    correlate as they do in real speech (but only loosely within a group).
+    Each is, with even odds, low-pitched with a long vocal tract or high-pitched with a
+    short one (adult male and female voices), so pitch and formant scale correlate as in
+    real speech, but only loosely within a group.
     """
     rng = np.random.default_rng([seed, 0x5EED])
     speakers = []
@@ -226,9 +242,9 @@ def make_speakers(n: int, seed: int) -> list[Speaker]:
 
 def _timeline(recipe: Sequence[Segment], speaker: Speaker, rng: np.random.Generator):
     """Start and end (s) of each segment after tempo, duration jitter and onset jitter."""
-    tempo = speaker.speed * np.exp(rng.normal(0.0, 0.07))
+    tempo = speaker.speed * np.exp(rng.normal(0.0, _TEMPO_JITTER))
     durations = np.array([s.duration for s in recipe]) * tempo
-    durations *= np.exp(rng.normal(0.0, 0.12, len(recipe)))
+    durations *= np.exp(rng.normal(0.0, _DURATION_JITTER, len(recipe)))
     durations *= min(1.0, _MAX_WORD_S / durations.sum())  # a slow speaker still fits in 1 s
     total = durations.sum()
     onset = rng.uniform(0.03, max(0.03, 1.0 - total - 0.04))
@@ -260,12 +276,14 @@ def _voiced_runs(recipe, starts, ends) -> list[tuple[float, float]]:
 
 def _formant_track(recipe, starts, ends, speaker, rng) -> np.ndarray:
     """(frames, 4) F1-F4: each vowel holds its target over its middle half, glides between."""
-    vtl = speaker.formant_scale * np.exp(rng.normal(0.0, 0.03))
+    vtl = speaker.formant_scale * np.exp(rng.normal(0.0, _VTL_JITTER))
     anchor_t, anchor_f = [], []
     for seg, start, end in zip(recipe, starts, ends, strict=True):
         if seg.kind != "vowel":
             continue
-        target = np.array([*VOWELS[seg.name], F4_HZ]) * np.exp(rng.normal(0.0, 0.03, 4))
+        target = np.array([*VOWELS[seg.name], F4_HZ]) * np.exp(rng.normal(0.0, _FORMANT_JITTER, 4))
+        # Undershoot: a quickly or carelessly said vowel drifts towards the neutral one.
+        target += rng.uniform(0.0, _UNDERSHOOT) * (_NEUTRAL_VOWEL - target)
         quarter = 0.25 * (end - start)
         anchor_t += [start + quarter, end - quarter]
         anchor_f += [target, target]
@@ -275,7 +293,7 @@ def _formant_track(recipe, starts, ends, speaker, rng) -> np.ndarray:
 
 def _pitch_contour(speaker, start, end, rng) -> np.ndarray:
     """f0 (Hz) on the grid: a per-clip offset, a falling declination and a slow wobble."""
-    f0 = speaker.f0 * np.exp(rng.normal(0.0, 0.015))
+    f0 = speaker.f0 * np.exp(rng.normal(0.0, _PITCH_JITTER))
     fall = rng.uniform(0.0, 0.06)
     rate, depth, phase = rng.uniform(2.0, 5.0), rng.uniform(0.0, 0.02), rng.uniform(0, 2 * np.pi)
     progress = np.clip((_GRID_T - start) / (end - start), 0.0, 1.0)
@@ -289,18 +307,21 @@ def _plan_clip(word_index: int, speaker: Speaker, rng: np.random.Generator) -> _
     recipe = word_recipes()[word_index]
     starts, ends = _timeline(recipe, speaker, rng)
     formants = _formant_track(recipe, starts, ends, speaker, rng)
-    stress = np.exp(rng.normal(0.0, 0.15, len(recipe)))  # loudness of each segment
+    stress = np.exp(rng.normal(0.0, _STRESS_JITTER, len(recipe)))
+    released = rng.random(len(recipe)) >= _BURST_DROP  # else an unreleased stop: silence
+    is_vowel = np.array([seg.kind == "vowel" for seg in recipe])
     voiced = _trapezoids(_GRID_T, _voiced_runs(recipe, starts, ends))
-    voiced *= np.interp(_GRID_T, (starts + ends) / 2, stress)
-    burst_at = [i for i, seg in enumerate(recipe) if seg.kind == "burst"]
+    voiced *= np.interp(_GRID_T, ((starts + ends) / 2)[is_vowel], stress[is_vowel])
+    burst_at = np.flatnonzero(~is_vowel)
     bursts = np.stack(
         [
-            _trapezoids(_GRID_T, [(starts[i], ends[i])]) * BURSTS[recipe[i].name][2] * stress[i]
+            _trapezoids(_GRID_T, [(starts[i], ends[i])])
+            * (BURSTS[recipe[i].name][2] * stress[i] * released[i])
             for i in burst_at
         ],
         axis=1,
     )
-    has_background = rng.random() < 0.5
+    has_background = rng.random() < _BACKGROUND_CHANCE
     return _ClipPlan(
         f0=_pitch_contour(speaker, starts[0], ends[-1], rng),
         pulse_phase=float(rng.random()),
@@ -313,8 +334,8 @@ def _plan_clip(word_index: int, speaker: Speaker, rng: np.random.Generator) -> _
         noise=rng.standard_normal(CLIP_SAMPLES, dtype=np.float32),
         background=rng.standard_normal(CLIP_SAMPLES, dtype=np.float32),
         noise_colour=float(rng.uniform(0.0, 1.5)),
-        snr_db=float(rng.uniform(10.0, 35.0)) if has_background else np.inf,
-        gain_db=float(rng.uniform(-20.0, 0.0)),
+        snr_db=float(rng.uniform(*_SNR_DB)) if has_background else np.inf,
+        gain_db=float(rng.uniform(*_GAIN_DB)),
     )
 
 

@@ -282,25 +282,26 @@ def final_evaluation(model, state: TrainState, splits: dict[str, Split],
 def probe_accuracies(model, split: Split) -> dict[str, float]:
     """Held-out linear probes: the word from emb_formant, the speaker from emb_residual.
 
-    The test split's speakers were never trained on; each probe is fitted on half of every
-    speaker's clips and scored on the other half. Every rank computes the same numbers
-    (deterministic, small), so no rank waits for another.
+    The test split's speakers were never trained on. The word probe is fitted on half of
+    the speakers and scored on the others (words of unseen voices); the speaker probe is
+    fitted on every other clip of each speaker and scored on the rest. Every rank computes
+    the same numbers (deterministic, small), so no rank waits for another.
     """
     rows = torch.arange(len(split), device=split.labels.device)
     _, emb_formant, emb_residual, _ = embed(model, split, rows)
-    speakers = {s: i for i, s in enumerate(sorted(set(split.speakers)))}
-    speaker_ids = torch.tensor([speakers[s] for s in split.speakers])
-    fit = _half_per_speaker(split.speakers)
+    names = sorted(set(split.speakers))
+    speaker_ids = torch.tensor([names.index(s) for s in split.speakers])
+    first_half = torch.tensor([names.index(s) < len(names) // 2 for s in split.speakers])
     return {
         "probe_word_from_formant": linear_probe_accuracy(
-            emb_formant.cpu(), split.labels.cpu(), fit),
+            emb_formant.cpu(), split.labels.cpu(), fit=first_half),
         "probe_speaker_from_residual": linear_probe_accuracy(
-            emb_residual.cpu(), speaker_ids, fit),
+            emb_residual.cpu(), speaker_ids, fit=_every_other_clip(split.speakers)),
     }
 
 
-def _half_per_speaker(speakers: list[str]) -> torch.Tensor:
-    """Boolean mask: every other clip of each speaker, in split order."""
+def _every_other_clip(speakers: list[str]) -> torch.Tensor:
+    """Boolean mask: clips 0, 2, 4, ... of each speaker, in split order."""
     seen: dict[str, int] = {}
     mask = []
     for s in speakers:

@@ -1,0 +1,65 @@
+"""``dotsim submit``: the same CLI, sent to a cluster as a Ray Job."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+# Not uploaded with the working directory: environments, caches, data, results.
+EXCLUDES = [".venv", ".git", "__pycache__", "*.parquet", ".pytest_cache", ".ruff_cache",
+            ".hypothesis", "data", "results"]
+TOKEN_FILE = Path("~/.ray/auth_token")
+
+
+def auth_headers() -> dict[str, str]:
+    """Ray 2.60 token authentication: RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names,
+    or ~/.ray/auth_token (where `ray start` / `ray.init` put it); none: no header."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not token:
+        file = Path(path).expanduser() if path else TOKEN_FILE.expanduser()
+        if file.is_file():
+            token = file.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def client(address: str | None) -> JobSubmissionClient:
+    if not address:
+        raise ValueError("no cluster address: pass --address http://HEAD:8265 or set "
+                         "RAY_ADDRESS")
+    try:
+        return JobSubmissionClient(address, headers=auth_headers())
+    except (ConnectionError, RuntimeError) as err:
+        raise ConnectionError(f"cannot reach the Ray Jobs API at {address}: "
+                              f"{str(err).splitlines()[0]}") from err
+
+
+def submit(address: str | None, args: list[str], *, working_dir: str | None = ".",
+           wait: bool = True) -> tuple[str, JobStatus | None]:
+    """Submit ``dotsim ARGS`` as a job; stream its logs until it ends when ``wait``."""
+    if not args:
+        raise ValueError("nothing to submit: add the dotsim command after --, e.g. "
+                         "dotsim submit -- train --epochs 3")
+    jobs = client(address)
+    runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES} if working_dir else None
+    job_id = jobs.submit_job(entrypoint="dotsim " + shlex.join(args), runtime_env=runtime_env)
+    if not wait:
+        return job_id, None
+    return job_id, follow(jobs, job_id)
+
+
+def follow(jobs: JobSubmissionClient, job_id: str) -> JobStatus:
+    """Stream the job's logs to stdout; return its final status."""
+
+    async def tail():
+        async for chunk in jobs.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    return jobs.get_job_status(job_id)

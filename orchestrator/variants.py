@@ -1,0 +1,94 @@
+"""Naming what a sweep runs: loss variants, grids of other config fields, and trials.
+
+Light (no Ray import), so the CLI can parse and check a sweep before starting anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from losses import NORMS, SCOPES, SIMILARITIES
+from workers.config import RunConfig
+
+DEFAULT_VARIANTS = ("cosine", "dot:minmax:global", "dot:minmax:local", "dot:meanstd:global",
+                    "dot:meanstd:local")
+STUDY_VARIANTS = ("dot:minmax:global", "dot:minmax:local")
+VARIANT_FIELDS = ("similarity", "norm", "scope", "detach_stats")
+
+
+def parse_variant(name: str) -> dict:
+    """``cosine`` | ``SIM:NORM:SCOPE[:detached]`` -> config fields.
+
+    SIM may itself be ``package.module:function``: norm, scope and "detached" are read
+    from the right.
+    """
+    parts = name.strip().split(":")
+    detached = parts[-1] == "detached"
+    if detached:
+        parts = parts[:-1]
+    if len(parts) >= 3 and parts[-1] in SCOPES and parts[-2] in NORMS:
+        fields = {"similarity": ":".join(parts[:-2]), "norm": parts[-2], "scope": parts[-1]}
+    elif ":".join(parts) in SIMILARITIES or len(parts) == 2:
+        fields = {"similarity": ":".join(parts)}  # cosine, or a custom module:function
+    else:
+        raise ValueError(
+            f"bad variant {name!r}; write cosine or SIMILARITY:NORM:SCOPE[:detached], "
+            f"e.g. dot:meanstd:global (norms: {', '.join(NORMS)}; scopes: {', '.join(SCOPES)})"
+        )
+    if detached:
+        fields["detach_stats"] = True
+    RunConfig(**fields)  # validates the names now, not inside a trial
+    return fields
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``KEY=V1,V2`` -> {key: [typed values]}, typed like RunConfig's field."""
+    defaults = RunConfig()
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values:
+            raise ValueError(f"bad --grid {item!r}; write KEY=V1,V2 (e.g. w_lpc=0.5,1)")
+        if not hasattr(defaults, key) or key == "extra":
+            raise ValueError(f"--grid {key}: not a config field (see dotsim train --help)")
+        if key in (*VARIANT_FIELDS, "seed"):
+            raise ValueError(f"--grid {key}: use --variants / --seeds for the loss variant")
+        kind = type(getattr(defaults, key))
+        grid[key] = [_typed(kind, v.strip(), key) for v in values.split(",")]
+    return grid
+
+
+def _typed(kind, text: str, key: str):
+    try:
+        if kind is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+        return kind(text) if kind is not type(None) else text
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"--grid {key}: {text!r} is not a valid {kind.__name__}") from err
+
+
+def trial_configs(variants: list[str], seeds: int, grid: dict[str, list],
+                  world_sizes: list[int] | None = None) -> list[dict]:
+    """The trials: variant fields x seed x grid values (x world size), deduplicated."""
+    seen, trials = set(), []
+    axes = [grid[k] for k in grid] + ([world_sizes] if world_sizes else [])
+    keys = list(grid) + (["workers"] if world_sizes else [])
+    for variant, seed, values in itertools.product(variants, range(seeds),
+                                                   itertools.product(*axes)):
+        trial = {**parse_variant(variant), "seed": seed, **dict(zip(keys, values, strict=True))}
+        key = json.dumps(trial, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            trials.append(trial)
+    return trials
+
+
+def trial_name(cfg: RunConfig, trial: dict) -> str:
+    """Stable, readable: variant, seed, and the other varied fields."""
+    extra = "".join(f"-{k}={trial[k]}" for k in sorted(trial)
+                    if k not in (*VARIANT_FIELDS, "seed"))
+    return f"{cfg.variant.replace(':', '-')}-seed{cfg.seed}{extra}".replace("/", "_")
+
+

@@ -1,0 +1,95 @@
+"""The dotsim CLI: help with examples, one-line user errors with exit 2, prepare."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli, main
+from workers import synth
+
+COMMANDS = ["prepare", "train", "version"]
+
+
+
+
+def _invoke_main(args, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and f"dotsim {command}" in result.output
+
+
+def test_group_help_lists_commands():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["version"])
+    assert result.exit_code == 0
+    assert "torch 2.11.0" in result.output and "ray 2.60.0" in result.output
+
+
+def test_train_help_shows_config_defaults_and_address_env():
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert "[default: global]" in result.output
+    assert "RAY_ADDRESS" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--norm", "zscore"], "unknown norm 'zscore'; allowed: minmax, meanstd"),
+        (["train", "--similarity", "dott"], "allowed: cosine, dot, dot-legacy"),
+        (["train", "--scope", "world"], "allowed: local, global"),
+        (["train", "--batch-size", "0"], "batch_size must be > 0"),
+        (["train", "--batch-size", "-4"], "batch_size must be > 0"),
+        (["train", "--batch-size", "24", "--workers", "4"], "do not split evenly over 4"),
+        (["train", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+        (["train", "--gpu"], "no CUDA GPU"),
+        (["train", "--data", "/nonexistent/folder"], "is not a prepared data folder"),
+        (["prepare", "/nonexistent/source", "--out", "/tmp/x"], "is not a folder"),
+        (["prepare"], "Missing option '--out'"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, message, capsys):
+    code, out, err = _invoke_main(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_console_script_user_error_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
+                           "train", "--norm", "bad"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "dotsim: error: unknown norm 'bad'; allowed: minmax, meanstd"]
+
+
+def test_prepare_speech_commands_folder_json(tmp_path):
+    corpus = synth.make_corpus(5, speakers=(1, 1, 1), clips_per_word_speaker=1)
+    root = synth.write_speech_commands(tmp_path / "sc", corpus)
+    result = CliRunner().invoke(cli, ["prepare", str(root), "--out", str(tmp_path / "p"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["counts"] == {"train": 35, "validation": 35, "test": 35}
+    assert (tmp_path / "p" / "meta.json").is_file()
+    again = CliRunner().invoke(cli, ["prepare", str(root), "--out", str(tmp_path / "p")])
+    assert again.exit_code == 2 and "already exists" in again.output
