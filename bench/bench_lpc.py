@@ -167,6 +167,16 @@ def gpu_benchmark(n_frames: int, frames32: np.ndarray, order: int, rounds: int) 
               f"{n_frames / t['wall'] / 1e6:.2f} M frames/s ({t['wall'] * 1e3:.1f} ms)")
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000)
@@ -179,7 +189,7 @@ def main(argv=None) -> None:
                         help="clips for the extract_features timing (0: skip it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; "
           f"torch {torch.__version__}, librosa {librosa.__version__}; 1 thread")
     frames32 = speech_like_frames(args.frames, args.hop + args.order)
     print(f"{args.frames} speech-like frames of {args.hop + args.order} samples, "

@@ -15,9 +15,11 @@ Sweep folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -117,8 +119,10 @@ def run_sweep(sweep_dir: Path, base: RunConfig, trials: list[dict], *, scheduler
     definition = {"base": base.to_dict(), "trials": trials, "scheduler": scheduler,
                   "max_concurrent": max_concurrent, "study": study}
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(definition, indent=2) + "\n")
-    build_tuner(sweep_dir, base, trials, scheduler=scheduler,
-                max_concurrent=max_concurrent).fit()
+    tuner = build_tuner(sweep_dir, base, trials, scheduler=scheduler,
+                        max_concurrent=max_concurrent)
+    with _tune_output_to_stderr():
+        tuner.fit()
     return collect_results(sweep_dir)
 
 
@@ -131,9 +135,16 @@ def resume_sweep(sweep_dir: Path) -> Path:
     if not tune.Tuner.can_restore(str(tune_dir)):
         raise ValueError(f"{tune_dir} holds no Tune state to resume; start the sweep again")
     # the restored Tuner carries the trials' configs; errored trials continue too
-    tune.Tuner.restore(str(tune_dir), tune.with_resources(_run_trial, TRIAL_RESOURCES),
-                       resume_unfinished=True, resume_errored=True).fit()
+    tuner = tune.Tuner.restore(str(tune_dir), tune.with_resources(_run_trial, TRIAL_RESOURCES),
+                               resume_unfinished=True, resume_errored=True)
+    with _tune_output_to_stderr():
+        tuner.fit()
     return collect_results(sweep_dir)
+
+
+def _tune_output_to_stderr():
+    """Tune prints its progress tables on stdout; stdout is for results (--json)."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def read_definition(sweep_dir: Path) -> dict:

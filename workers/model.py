@@ -11,9 +11,11 @@ from torch import nn
 class KeywordTransformer(nn.Module):
     """(B, frames, n_mels) spectrogram -> (B, emb_dim) embedding.
 
-    Frames are merged into tokens of ``frames_per_token`` frames, a class token is
-    prepended, and a pre-norm Transformer encoder reads the sequence; the class token's
-    output, projected, is the embedding. One instance embeds speech, formant and residual.
+    A small convolutional stem reads local spectro-temporal patterns and merges
+    ``frames_per_token`` frames into one token (a strided convolution over time); a class
+    token is prepended and a pre-norm Transformer encoder reads the sequence; the class
+    token's output, projected, is the embedding. One instance embeds speech, formant and
+    residual.
     """
 
     def __init__(self, *, n_mels: int, frames: int, frames_per_token: int, d_model: int,
@@ -22,7 +24,10 @@ class KeywordTransformer(nn.Module):
         self.frames_per_token = frames_per_token
         tokens = -(-frames // frames_per_token)  # ceil: the last token is zero-padded
         self.pad = tokens * frames_per_token - frames
-        self.embed = nn.Linear(n_mels * frames_per_token, d_model)
+        self.stem = nn.Sequential(
+            nn.Conv1d(n_mels, d_model, kernel_size=3, padding=1), nn.GELU(),
+            nn.Conv1d(d_model, d_model, kernel_size=frames_per_token, stride=frames_per_token),
+        )
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos = nn.Parameter(torch.randn(1, tokens + 1, d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -37,7 +42,7 @@ class KeywordTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         x = F.pad(x, (0, 0, 0, self.pad))  # (B, tokens * fpt, n_mels)
-        x = self.embed(x.reshape(b, -1, self.frames_per_token * x.shape[-1]))  # (B, T, d)
+        x = self.stem(x.transpose(1, 2)).transpose(1, 2)  # (B, tokens, d_model)
         x = torch.cat([self.cls.expand(b, -1, -1), x], dim=1) + self.pos
         return self.head(self.norm(self.encoder(x)[:, 0]))
 

@@ -3,9 +3,9 @@
 Each of the 35 Speech Commands words is a fixed *recipe*: a short sequence of segments,
 vowels from a small shared inventory (F1-F3 targets, with glides between neighbours) and
 consonant-like noise bursts (a band per burst type). Words come in families of
-``FAMILY_SIZE`` that share the same segments with the same durations and differ only in
-their order, so a time-averaged spectrum can at best name the family while the sequence
-names the word.
+``FAMILY_SIZE`` that share the same segments, with nearly the same durations, in different
+orders, so a time-averaged spectrum can name the family but hardly the member, while the
+sequence names the word.
 
 A clip is rendered the way speech is produced: an excitation (a glottal pulse train at
 the speaker's pitch mixed with breath noise, or noise alone in a burst) passes through a
@@ -17,19 +17,33 @@ one speaker trait in the envelope. Filtering is done frame-wise in the frequency
 over clips, so there is no Python loop over samples.
 
 Randomness: a ``Speaker`` fixes f0, formant scale, breathiness and speed; each clip then
-jitters tempo, segment durations, onset, formant targets, pitch contour, level, and may
-carry coloured background noise at a random SNR. Everything is drawn from one
+jitters tempo, segment durations, onset, formant targets (and their undershoot), pitch
+contour, loudness and level, leaves out some bursts, and may carry coloured background
+noise at a random SNR. Everything is drawn from one
 ``numpy.random.Generator``, so a seed gives bit-identical audio.
 
 Calibration
 -----------
-Measured with ``make_corpus(seed)`` at the defaults (3360 train clips from 48 speakers,
-560 test clips from 8 held-out speakers), features from ``workers.audio.extract_features``
-(101 frames x 40 log-mel bands), standardised on train, multinomial logistic regression
-(torch, full-batch LBFGS, L2 1e-3) unless stated; test accuracy on held-out speakers,
-chance 2.9%; seeds 0 / 1:
+Measured on ``make_corpus(seed)`` at the defaults (train: 3360 clips of 48 speakers;
+scored on test: 560 clips of 8 other speakers), features from
+``workers.audio.extract_features`` (101 frames x 40 log-mel), linear probes with
+``workers.probes.linear_probe_accuracy`` (multinomial logistic regression, L-BFGS, L2
+1e-3). "Spoken span": frames within 30 dB of the clip's loudest. Seed 0 / seed 1; chance
+is 2.9% for the word, 12.5% for the speaker:
 
-CALIBRATION_PLACEHOLDER
+- word from the time-averaged speech log-mel (one 40-dim mean per clip): 29.5% / 30.9%
+  (mean and std: 46.4% / 46.6%); the average names the family, not its member.
+- word from the speech log-mel pooled into 5 fixed parts of the clip: 58.0% / 66.1%;
+  into 5 parts of the spoken span: 81.1% / 80.9%.
+- word from a small 1-D CNN on the speech log-mel (3 conv layers of 64 channels, global
+  max pool; AdamW) after 60 s on one CPU core (~40 epochs): 97.1% / 97.3% (94% after 5 s).
+- word from formant vs residual, 4 parts of the spoken span: 80.4% / 78.9% vs
+  33.9% / 32.1% (time averages: 28.2% / 30.4% vs 3.9% / 3.2%).
+- speaker among the 8 test speakers (fit on the even word indices, scored on the odd
+  ones; mean and std over the spoken span): residual 68.8% / 68.4% vs formant
+  37.5% / 42.6% (speech 73.9% / 73.2%).
+
+Making the whole default corpus (4480 clips) takes about 10 s on one core.
 """
 
 from __future__ import annotations
@@ -99,7 +113,7 @@ _WIN = 256
 _HOP = 128
 _NFFT = 512
 _N_FRAMES = CLIP_SAMPLES // _HOP + 1  # frame t is centred on sample t * _HOP
-_CHUNK = 256  # clips filtered at once: bounds memory to ~100 MB
+_CHUNK = 128  # clips filtered at once: keeps the STFT arrays near 100 MB
 _RAMP_S = 0.012  # onset/offset ramp of every voiced run and burst
 _MAX_WORD_S = 0.9
 _GRID_STEP = 16  # samples per control point (1 ms)
@@ -410,7 +424,9 @@ def _frame_responses(plans: Sequence[_ClipPlan]) -> np.ndarray:
         voiced, bursts = plan.voiced[at_frames] + 1e-3, plan.bursts[at_frames]
         total = voiced + bursts.sum(axis=1)
         vowel[i] *= (voiced / total)[:, None]
-        vowel[i] += (bursts / total[:, None]) @ _burst_response(plan.burst_bands)
+        # (T, K, 1) x (1, K, bins) summed over K (no BLAS: its rounding may vary by threads)
+        shares = (bursts / total[:, None])[:, :, None]
+        vowel[i] += (shares * _burst_response(plan.burst_bands)[None]).sum(axis=1)
     return vowel
 
 
@@ -488,8 +504,8 @@ def make_corpus(
     ``speakers`` gives the number of speakers per split; every speaker says every word
     ``clips_per_word_speaker`` times. The defaults give 3360 / 560 / 560 clips.
     Speaker ids run spk000, spk001, ... across the splits, so none is in two splits.
-    Each speaker has its own generator (spawned from ``seed``), so a speaker's clips do not
-    depend on the sizes of the other splits.
+    Speaker k has its own generator (child k of ``SeedSequence(seed)``): its traits and
+    clips depend only on ``seed`` and k, not on the split sizes.
     """
     if len(speakers) != 3 or min(speakers) < 1 or clips_per_word_speaker < 1:
         raise ValueError("speakers needs three counts >= 1 and clips_per_word_speaker >= 1")

@@ -1,0 +1,280 @@
+"""The orchestrator without a cluster: variant and grid parsing, the report's statistics,
+cluster.yaml against Ray's schema, and submit with the Ray job client patched."""
+
+import copy
+import json
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator import cluster as launcher
+from orchestrator import report as reports
+from orchestrator import submit as jobs
+from orchestrator.cli import cli
+from orchestrator.variants import (
+    DEFAULT_VARIANTS,
+    parse_grid,
+    parse_variant,
+    trial_configs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- variants and grids ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("cosine", {"similarity": "cosine"}),
+    ("dot:meanstd:global", {"similarity": "dot", "norm": "meanstd", "scope": "global"}),
+    ("dot-legacy:minmax:local:detached", {"similarity": "dot-legacy", "norm": "minmax",
+                                          "scope": "local", "detach_stats": True}),
+    ("losses.similarity:dot:minmax:global", {"similarity": "losses.similarity:dot",
+                                             "norm": "minmax", "scope": "global"}),
+    ("losses.similarity:dot", {"similarity": "losses.similarity:dot"}),
+])
+def test_parse_variant(name, fields):
+    assert parse_variant(name) == fields
+
+
+@pytest.mark.parametrize("name", ["dot:l2:global", "dott", "dot:minmax:everywhere",
+                                  "nosuchmodule:fn"])
+def test_bad_variants_are_value_errors(name):
+    with pytest.raises(ValueError):
+        parse_variant(name)
+
+
+def test_default_grid_is_five_variants_times_seeds():
+    trials = trial_configs(list(DEFAULT_VARIANTS), 3, {})
+    assert len(trials) == 15
+    assert sum(t["similarity"] == "cosine" for t in trials) == 3
+
+
+def test_grid_crosses_fields_and_deduplicates():
+    grid = parse_grid(["w_lpc=0.5,1", "lr=1e-3"])
+    assert grid == {"w_lpc": [0.5, 1.0], "lr": [0.001]}
+    trials = trial_configs(["cosine", "cosine"], 2, grid)
+    assert len(trials) == 4
+    world = trial_configs(["dot:minmax:global"], 1, {}, world_sizes=[1, 2, 4])
+    assert [t["workers"] for t in world] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("item,match", [("w_lpc", "KEY=V1,V2"), ("nope=1", "not a config"),
+                                        ("scope=local", "--variants"),
+                                        ("epochs=x", "not a valid int")])
+def test_bad_grids(item, match):
+    with pytest.raises(ValueError, match=match):
+        parse_grid([item])
+
+
+# --- report statistics ------------------------------------------------------------------
+
+
+def _trials(diffs, base=0.5):
+    rows = []
+    for seed, d in enumerate(diffs):
+        for variant, acc in (("cosine", base), ("dot:minmax:global", base + d)):
+            rows.append({"trial": f"{variant}-{seed}", "variant": variant, "grid": "{}",
+                         "seed": seed, "finished": True, "test_acc": acc})
+    return pd.DataFrame(rows)
+
+
+def test_paired_comparison_verdicts():
+    better = reports.paired(_trials([0.05, 0.06, 0.04, 0.05]), "cosine")[0]
+    assert better["verdict"] == "better than the baseline" and better["p"] < 0.01
+    unclear = reports.paired(_trials([0.05, -0.04, 0.01]), "cosine")[0]
+    assert unclear["verdict"].startswith("no clear difference")
+    few = reports.paired(_trials([0.05]), "cosine")[0]
+    assert few["verdict"].startswith("too few paired seeds")
+
+
+def test_mean_ci_matches_t_interval():
+    ci = reports.mean_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == 2.0 and ci["ci95"] == pytest.approx(2.4841, abs=1e-3)
+    assert reports.mean_ci([1.0])["ci95"] is None
+
+
+def test_world_size_drift():
+    rows = []
+    for workers, scope, shift in ((1, "global", 0), (2, "global", 1e-6), (1, "local", 0),
+                                  (2, "local", 0.05)):
+        for epoch in (1, 2):
+            rows.append({"variant": f"dot:minmax:{scope}", "workers": workers, "seed": 0,
+                         "epoch": epoch, "train_loss": 1.0 + shift, "val_acc": 0.5})
+    drift = {d["variant"]: d for d in reports.world_size_drift(pd.DataFrame(rows))}
+    assert drift["dot:minmax:global"]["verdict"] == "stays put (round-off)"
+    assert drift["dot:minmax:local"]["verdict"] == "drifts"
+
+
+def test_report_on_a_folder_that_is_not_a_sweep(tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a dotsim sweep folder" in result.output
+
+
+# --- cluster.yaml ------------------------------------------------------------------------
+
+
+def test_cluster_yaml_is_valid_for_ray():
+    config = launcher.validate(REPO / "cluster.yaml")
+    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"]
+    text = (REPO / "cluster.yaml").read_text().lower()
+    for secret in ("aws_access_key", "secret", "password", "token:"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize("damage", ["typo_top", "typo_node", "not_yaml", "wrong_type"])
+def test_broken_cluster_yaml_is_rejected(tmp_path, damage):
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    broken = copy.deepcopy(config)
+    if damage == "typo_top":
+        broken["max_worker"] = broken.pop("max_workers")
+    elif damage == "typo_node":
+        broken["available_node_types"]["gpu_worker"]["min_worker"] = 0
+    elif damage == "wrong_type":
+        broken["max_workers"] = "four"
+    path = tmp_path / "cluster.yaml"
+    path.write_text("{[not yaml" if damage == "not_yaml" else yaml.safe_dump(broken))
+    with pytest.raises(ValueError):
+        launcher.validate(path)
+    result = CliRunner().invoke(cli, ["cluster", "up", "--config", str(path)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("action,tail", [("up", ["up", "-y"]), ("down", ["down", "-y"]),
+                                         ("status", ["exec"]), ("dashboard", ["dashboard"])])
+def test_cluster_actions_call_ray_launcher(action, tail):
+    with mock.patch("orchestrator.cluster.subprocess.call", return_value=0) as call:
+        result = CliRunner().invoke(cli, ["cluster", action, "--config",
+                                          str(REPO / "cluster.yaml")])
+    assert result.exit_code == 0, result.output
+    argv = call.call_args.args[0]
+    assert argv[1:3] == ["-m", "ray.scripts.scripts"] and argv[3:3 + len(tail)] == tail
+    assert argv[-1 if action != "status" else -2] == str(REPO / "cluster.yaml")
+
+
+# --- submit ------------------------------------------------------------------------------
+
+
+class FakeStatus:
+    def __init__(self, value):
+        self.value = value
+
+
+@pytest.fixture
+def fake_client(monkeypatch):
+    client = mock.MagicMock()
+    client.submit_job.return_value = "raysubmit_1"
+    client.get_job_status.return_value = FakeStatus("SUCCEEDED")
+    client.get_job_logs.return_value = "log line\n"
+    client.stop_job.return_value = True
+
+    async def tail(job_id):
+        yield "epoch 1\n"
+    client.tail_job_logs = tail
+    factory = mock.MagicMock(return_value=client)
+    monkeypatch.setattr(jobs, "JobSubmissionClient", factory)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret-token")
+    return factory, client
+
+
+def test_submit_sends_the_cli_as_a_job(fake_client):
+    factory, client = fake_client
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--",
+                                      "train", "--epochs", "3", "--run-name", "a b"])
+    assert result.exit_code == 0, result.output
+    factory.assert_called_once_with("http://head:8265",
+                                    headers={"Authorization": "Bearer secret-token"})
+    client.submit_job.assert_called_once_with(
+        entrypoint="dotsim train --epochs 3 --run-name 'a b'",
+        runtime_env={"working_dir": ".", "excludes": jobs.EXCLUDES})
+    assert "epoch 1" in result.stdout and "SUCCEEDED" in result.output
+
+
+def test_submit_exits_non_zero_when_the_job_fails(fake_client):
+    _, client = fake_client
+    client.get_job_status.return_value = FakeStatus("FAILED")
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", "--", "train"])
+    assert result.exit_code == 1
+
+
+def test_submit_no_wait_prints_the_job_id(fake_client):
+    _, client = fake_client
+    result = CliRunner().invoke(cli, ["submit", "--no-wait", "--address", "http://h:8265",
+                                      "--working-dir", "", "--", "sweep", "--seeds", "2"])
+    assert result.exit_code == 0 and result.stdout.strip() == "raysubmit_1"
+    client.submit_job.assert_called_once_with(entrypoint="dotsim sweep --seeds 2",
+                                              runtime_env=None)
+
+
+def test_submit_address_from_environment(fake_client, monkeypatch):
+    factory, _ = fake_client
+    monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
+    result = CliRunner().invoke(cli, ["submit", "status", "raysubmit_1"])
+    assert result.exit_code == 0 and result.output.strip() == "SUCCEEDED"
+    assert factory.call_args.args == ("http://from-env:8265",)
+
+
+@pytest.mark.parametrize("action,method,printed", [("logs", "get_job_logs", "log line"),
+                                                   ("stop", "stop_job", "stopped")])
+def test_submit_logs_and_stop(fake_client, action, method, printed):
+    _, client = fake_client
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", action, "j1"])
+    assert result.exit_code == 0 and printed in result.output
+    getattr(client, method).assert_called_once_with("j1")
+
+
+def test_submit_token_from_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    token = tmp_path / "tok"
+    token.write_text("from-file\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert jobs.auth_headers() == {"Authorization": "Bearer from-file"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert jobs.auth_headers() == {}
+
+
+def test_submit_without_address_or_command(fake_client, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = CliRunner().invoke(cli, ["submit", "--", "train"])
+    assert result.exit_code == 2 and "no cluster address" in result.output
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265"])
+    assert result.exit_code == 2 and "nothing to submit" in result.output
+
+
+def test_submit_unreachable_address_is_one_line(monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://127.0.0.1:9",
+                                      "status", "x"])
+    assert result.exit_code == 2
+    assert "cannot reach the Ray Jobs API" in result.output
+
+
+def test_json_report_shape(tmp_path):
+    """A report built from a hand-made sweep folder (no Ray): JSON and Markdown agree."""
+    (tmp_path / "sweep.json").write_text(json.dumps({"trials": [], "study": None}))
+    rows = []
+    for variant, acc in (("cosine", 0.5), ("dot:minmax:global", 0.6)):
+        for seed in (0, 1):
+            for epoch in (1, 2):
+                rows.append({"trial": f"{variant}-{seed}", "variant": variant, "grid": "{}",
+                             "seed": seed, "workers": 2, "finished": True, "epoch": epoch,
+                             "val_acc": acc, "train_loss": 1.0, "train_cos_rec": 0.9,
+                             "train_cos_shuffled": 0.5, "epoch_seconds": 3.0,
+                             "test_acc": acc + seed * 0.01 if epoch == 2 else None,
+                             "probe_word_from_formant": 0.7 if epoch == 2 else None,
+                             "probe_speaker_from_residual": 0.8 if epoch == 2 else None})
+    pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [v["variant"] for v in doc["variants"]] == ["cosine", "dot:minmax:global"]
+    assert doc["paired"][0]["mean_diff"] == pytest.approx(0.1)
+    assert Path(doc["plot"]).is_file()
+    markdown = CliRunner().invoke(cli, ["report", str(tmp_path), "--no-plot"]).stdout
+    assert "| dot:minmax:global | - | 2 |" in markdown

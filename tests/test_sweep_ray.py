@@ -1,0 +1,94 @@
+"""Real Tune sweeps over Ray Train runs: results.parquet, TensorBoard events, the report,
+and a sweep killed mid-way and resumed without re-running its finished trial."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+
+pytestmark = pytest.mark.ray
+
+TINY = ["--preset", "tiny", "--epochs", "2", "--batch-size", "32", "--clips-per-class", "2",
+        "--workers", "2", "--seeds", "1"]
+
+
+def test_tiny_sweep_end_to_end(ray_local, small_prepared, tmp_path):
+    result = CliRunner().invoke(cli, [
+        "sweep", "--data", str(small_prepared), "--storage-path", str(tmp_path),
+        "--name", "s", "--variants", "cosine,dot:meanstd:global", *TINY, "--json"])
+    assert result.exit_code == 0, result.output
+    sweep = tmp_path / "s"
+    frame = pd.read_parquet(sweep / "results.parquet")
+    assert set(frame["variant"]) == {"cosine", "dot:meanstd:global"}
+    assert sorted(frame["epoch"]) == [1, 1, 2, 2] and frame["finished"].all()
+    assert frame["test_acc"].notna().sum() == 2  # the last epoch of each trial
+    report = json.loads(result.stdout)
+    assert [v["variant"] for v in report["variants"]] == ["cosine", "dot:meanstd:global"]
+    assert "too few paired seeds" in report["paired"][0]["verdict"]
+    assert (sweep / "comparison.png").stat().st_size > 10_000
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_dirs = sorted({p.parent for p in (sweep / "tune").rglob("events.out.tfevents.*")})
+    assert [d.name for d in event_dirs] == ["cosine-seed0", "dot-meanstd-global-seed0"]
+    for directory in event_dirs:
+        events = EventAccumulator(str(directory))
+        events.Reload()
+        assert len(events.Scalars("ray/tune/val_acc")) == 2
+
+
+def _checkpoints(run: Path):
+    return sorted(p.name for p in run.glob("checkpoint_*"))
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "disabled"}
+    (tmp_path / "home").mkdir()
+    sweep = tmp_path / "s"
+    args = [sys.executable, "-c", "from orchestrator.cli import main; main()", "sweep",
+            "--data", str(small_prepared), "--storage-path", str(tmp_path), "--name", "s",
+            "--variants", "cosine,dot:minmax:local", "--max-concurrent", "1", *TINY,
+            "--epochs", "3"]
+    proc = subprocess.Popen(args, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = sweep / "runs" / "cosine-seed0"
+    deadline = time.time() + 300
+    # kill the driver and its local Ray once the first trial has written its last epoch
+    while time.time() < deadline and not _finished(first):
+        time.sleep(1)
+    assert _finished(first), "the first trial did not finish in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _checkpoints(first)
+    resumed = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
+                              "sweep", "--resume", str(sweep), "--json"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _checkpoints(first) == before  # the finished trial was not trained again
+    frame = pd.read_parquet(sweep / "results.parquet")
+    for _, trial in frame.groupby("trial"):
+        assert sorted(trial["epoch"]) == [1, 2, 3]
+    assert frame.groupby("trial")["finished"].all().all()
+
+
+def _finished(run: Path) -> bool:
+    """The run's newest checkpoint holds its final epoch."""
+    from workers.train import load_checkpoint
+
+    names = _checkpoints(run)
+    if not names:
+        return False
+    try:
+        history = load_checkpoint(run / names[-1])["history"]
+    except (OSError, RuntimeError, EOFError):
+        return False  # being written
+    return bool(history) and "test_acc" in history[-1]
