@@ -168,7 +168,7 @@ def collect_results(sweep_dir: Path) -> Path:
     rows = []
     for trial in definition["trials"]:
         cfg = _trial_config(definition["base"], trial, str(sweep_dir))
-        history = _latest_history(Path(cfg.storage_path) / cfg.run_name)
+        history = run_history(Path(cfg.storage_path) / cfg.run_name)
         finished = bool(history) and "test_acc" in history[-1]
         for epoch_metrics in history:
             rows.append({
@@ -189,7 +189,8 @@ def collect_results(sweep_dir: Path) -> Path:
     return sweep_dir / RESULTS_FILE
 
 
-def _latest_history(run_dir: Path) -> list[dict]:
+def run_history(run_dir: Path) -> list[dict]:
+    """The epoch history in a Train run folder's newest checkpoint ([] when none)."""
     # Ray names checkpoints checkpoint_<fixed-width timestamp>: the last in order is newest
     checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if (p / "state.pt").is_file())
     if not checkpoints:

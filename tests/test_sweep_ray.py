@@ -47,7 +47,7 @@ def test_tiny_sweep_end_to_end(ray_local, small_prepared, tmp_path):
 
 
 def _checkpoints(run: Path):
-    return sorted(p.name for p in run.glob("checkpoint_*"))
+    return sorted(p.name for p in run.glob("checkpoint_*") if p.is_dir())
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, tmp_path):
@@ -59,13 +59,14 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
             "--variants", "cosine,dot:minmax:local", "--max-concurrent", "1", *TINY,
             "--epochs", "3"]
     proc = subprocess.Popen(args, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
     first = sweep / "runs" / "cosine-seed0"
     deadline = time.time() + 300
-    # kill the driver and its local Ray once the first trial has written its last epoch
-    while time.time() < deadline and not _finished(first):
+    # kill the driver and its local Ray once Tune has recorded the first trial as done
+    while time.time() < deadline and _tune_status(sweep, "cosine-seed0") != "TERMINATED":
         time.sleep(1)
     assert _finished(first), "the first trial did not finish in time"
+    assert not _finished(sweep / "runs" / "dot-minmax-local-seed0")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _checkpoints(first)
@@ -80,15 +81,25 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
     assert frame.groupby("trial")["finished"].all().all()
 
 
+def _tune_status(sweep: Path, trial_dir: str):
+    """The status Tune's saved experiment state gives the trial (None before any)."""
+    for state in sorted((sweep / "tune").glob("experiment_state-*.json"))[-1:]:
+        try:
+            trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
+        except (json.JSONDecodeError, KeyError):
+            return None  # being written
+        for trial in trials:
+            if trial.get("custom_dirname") == trial_dir:
+                return trial["status"]
+    return None
+
+
 def _finished(run: Path) -> bool:
     """The run's newest checkpoint holds its final epoch."""
-    from workers.train import load_checkpoint
+    from orchestrator.sweep import run_history
 
-    names = _checkpoints(run)
-    if not names:
-        return False
     try:
-        history = load_checkpoint(run / names[-1])["history"]
+        history = run_history(run)
     except (OSError, RuntimeError, EOFError):
         return False  # being written
     return bool(history) and "test_acc" in history[-1]

@@ -57,14 +57,14 @@ class RunConfig:
     """Weight of similarity_loss(emb, shuffled reconstruction from other clips of the class)."""
 
     # --- optimisation -----------------------------------------------------------------
-    epochs: int = 12
+    epochs: int = 15
     """Passes over the training split."""
     batch_size: int = 128
     """Global batch: classes_per_batch x clips_per_class, split into whole groups per worker."""
     clips_per_class: int = 4
     """K: clips of one class per group (>= 2, so the shuffled pairs never pair a clip with
     itself)."""
-    lr: float = 2e-3
+    lr: float = 4e-3
     """Peak AdamW learning rate (linear warm-up over the first epoch, then cosine decay)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
