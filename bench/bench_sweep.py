@@ -78,7 +78,7 @@ def main():
     startup = first - epoch1.reindex(first.index)
     training = results["epoch_seconds"].sum()
     print("\n| measure | seconds |\n| --- | ---: |")
-    print(f"| bare TorchTrainer no-op fit (median of {len(noop)}) | {sorted(noop)[0]:.1f} |")
+    print(f"| bare TorchTrainer no-op fit (fastest of {len(noop)}) | {sorted(noop)[0]:.1f} |")
     print(f"| dotsim trial: start -> first metric (median) | {first.median():.1f} |")
     print(f"| of which epoch 1 training (median) | {epoch1.median():.1f} |")
     print(f"| dotsim trial start-up before training (median) | {startup.median():.1f} |")

@@ -6,6 +6,7 @@ import asyncio
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -47,10 +48,25 @@ def submit(address: str | None, args: list[str], *, working_dir: str | None = ".
                          "dotsim submit -- train --epochs 3")
     jobs = client(address)
     runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES} if working_dir else None
-    job_id = jobs.submit_job(entrypoint="dotsim " + shlex.join(args), runtime_env=runtime_env)
+    job_id = _submit_when_ready(jobs, entrypoint="dotsim " + shlex.join(args),
+                                runtime_env=runtime_env)
     if not wait:
         return job_id, None
     return job_id, follow(jobs, job_id)
+
+
+def _submit_when_ready(jobs: JobSubmissionClient, *, attempts: int = 30, pause_s: float = 2.0,
+                      **job) -> str:
+    """submit_job, retried while a just-started cluster has no job agent ready yet (the
+    Jobs API answers 500 "No available agent" for the first seconds)."""
+    for attempt in range(attempts):
+        try:
+            return jobs.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
+    raise AssertionError("unreachable")
 
 
 def follow(jobs: JobSubmissionClient, job_id: str) -> JobStatus:

@@ -278,3 +278,15 @@ def test_json_report_shape(tmp_path):
     assert Path(doc["plot"]).is_file()
     markdown = CliRunner().invoke(cli, ["report", str(tmp_path), "--no-plot"]).stdout
     assert "| dot:minmax:global | - | 2 |" in markdown
+
+
+def test_submit_retries_while_the_job_agent_starts(fake_client, monkeypatch):
+    _, client = fake_client
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    client.submit_job.side_effect = [
+        RuntimeError("Request failed with status code 500: No available agent to submit job"),
+        "raysubmit_2"]
+    result = CliRunner().invoke(cli, ["submit", "--no-wait", "--address", "http://h:8265",
+                                      "--", "train"])
+    assert result.exit_code == 0 and result.stdout.strip() == "raysubmit_2"
+    assert client.submit_job.call_count == 2

@@ -3,6 +3,7 @@ falls, resume continues without repeating an epoch, a killed worker is survived,
 global-scope run does not depend on the world size while a local-scope run does."""
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.launch import run_training
 from workers.config import RunConfig
-from workers.train import FAULT_ENV
+from workers.train import FAULT_ENV, NAN_ENV
 
 pytestmark = pytest.mark.ray
 
@@ -77,3 +78,23 @@ def test_train_cli_json(ray_local, small_prepared, tmp_path):
     doc = json.loads(result.stdout)
     assert doc["variant"] == "cosine" and doc["run_name"] == "cli"
     assert doc["metrics"]["epoch"] == 1 and "test_acc" in doc["metrics"]
+
+
+def test_nan_in_one_rank_is_skipped_on_every_rank(ray_local, small_prepared, tmp_path):
+    cfg = _cfg(small_prepared, tmp_path, epochs=2, run_name="nan-skip")
+    summary = run_training(cfg, progress=False, worker_env={NAN_ENV: "1:0:2"})
+    first, second = summary["history"]
+    assert first["skipped_steps"] == 1 and second["skipped_steps"] == 0
+    assert math.isfinite(first["train_loss"]) and math.isfinite(second["train_loss"])
+
+
+def test_nan_with_stop_fails_clearly_on_every_rank(ray_local, small_prepared, tmp_path):
+    import ray.train
+
+    cfg = _cfg(small_prepared, tmp_path, epochs=2, run_name="nan-stop", on_nonfinite="stop",
+               max_failures=0)
+    with pytest.raises(ray.train.TrainingFailedError) as failed:
+        run_training(cfg, progress=False, worker_env={NAN_ENV: "1:0:2"})
+    text = str(failed.value)
+    assert "non-finite" in text and "(rank 1)" in text and "epoch 1 step 2" in text
+    assert "Rank 0,1" in text  # both ranks stopped at the same step, none hung

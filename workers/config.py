@@ -70,6 +70,9 @@ class RunConfig:
     """AdamW weight decay."""
     seed: int = 0
     """Seeds the model initialisation, the batches and dropout."""
+    on_nonfinite: str = "skip"
+    """A NaN/inf loss part or gradient (seen by every rank in the same step): skip the
+    step (counted as skipped_steps) or stop the run with an error."""
 
     # --- runtime ----------------------------------------------------------------------
     workers: int = 2
@@ -113,6 +116,8 @@ class RunConfig:
                 f"{self.clips_per_class}, which do not split evenly over {self.workers} workers;"
                 f" use a batch size that is a multiple of {self.clips_per_class * self.workers}"
             )
+        if self.on_nonfinite not in ("skip", "stop"):
+            raise ValueError(f"unknown on_nonfinite {self.on_nonfinite!r}; allowed: skip, stop")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:

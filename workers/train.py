@@ -140,15 +140,21 @@ def train_epoch(model, optimizer, train: Split, cfg: RunConfig, epoch: int,
     batches = epoch_batches(train.labels.cpu().numpy(), classes_per_batch=cfg.groups_per_batch,
                             clips_per_class=cfg.clips_per_class, seed=cfg.seed, epoch=epoch)
     sums = torch.zeros(len(STEP_METRICS), dtype=torch.float64)
+    skipped = 0
     start = time.perf_counter()
     for step, batch in enumerate(batches):
         _set_lr(optimizer, cfg, epoch * len(batches) + step, cfg.epochs * len(batches))
         local = batch.for_rank(ctx.rank, ctx.world_size)
-        sums += train_step(model, optimizer, train, local, cfg, ctx)
+        metrics = train_step(model, optimizer, train, local, cfg, ctx, (epoch, step))
+        if metrics is None:
+            skipped += 1  # every rank skips the same step
+        else:
+            sums += metrics
     seconds = time.perf_counter() - start
-    means = _mean_over_ranks(sums / len(batches), ctx)
+    means = _mean_over_ranks(sums / max(1, len(batches) - skipped), ctx)
     return {
         **dict(zip(STEP_METRICS, means.tolist(), strict=True)),
+        "skipped_steps": skipped,
         "epoch_seconds": seconds,
         "samples_per_second": len(batches) * cfg.batch_size / seconds,
         "peak_rss_mb": _peak_rss_mb(ctx),
@@ -160,10 +166,13 @@ STEP_METRICS = ("train_loss", "train_ce", "train_lpc", "train_shuffled", "train_
                 "train_cos_shuffled")
 
 
-def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankContext):
-    """One optimisation step on this rank's groups; returns STEP_METRICS as a tensor."""
+def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankContext,
+               where: tuple[int, int]):
+    """One optimisation step on this rank's groups; returns STEP_METRICS as a tensor, or
+    None when a loss part or gradient was not finite and the step was skipped."""
     rows = torch.as_tensor(local.indices, device=ctx.device)
     feats = [train.features[name][rows] for name in FEATURES]
+    feats[0] = maybe_inject_nan(feats[0], where, ctx)
     labels = train.labels[rows]
     with _autocast(cfg, ctx):
         emb, emb_formant, emb_residual, logits = model(*feats)
@@ -180,11 +189,42 @@ def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankC
     total = ce + cfg.w_lpc * lpc + cfg.w_shuffled * shuf
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    bad = nonfinite_parts({"ce": ce, "lpc": lpc, "shuffled": shuf}, model, ctx)
+    if bad:
+        handle_nonfinite(bad, cfg, where)
+        optimizer.zero_grad(set_to_none=True)
+        return None
     optimizer.step()
     with torch.no_grad():
         cos_rec = F.cosine_similarity(emb.float(), emb_rec.float(), dim=-1).mean()
         cos_shuf = F.cosine_similarity(emb.float(), shuffled.float(), dim=-1).mean()
     return torch.stack([total, ce, lpc, shuf, cos_rec, cos_shuf]).detach().double().cpu()
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss part or the gradient was NaN or infinite (with on_nonfinite="stop")."""
+
+
+def nonfinite_parts(parts: dict[str, torch.Tensor], model, ctx: RankContext) -> list[str]:
+    """Names of the loss parts (and "gradient") that are not finite on any rank, as
+    "part (rank r)". Every rank gets the same answer: one small all-reduce per step."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    values = [*parts.values(), grad_norm]
+    flags = torch.zeros(ctx.world_size, len(values), dtype=torch.float64, device=ctx.device)
+    flags[ctx.rank] = torch.stack([(~torch.isfinite(v.detach())).double() for v in values])
+    if ctx.distributed:
+        dist.all_reduce(flags)  # every rank calls it every step, so all agree on skipping
+    names = [*parts, "gradient"]
+    return [f"{names[k]} (rank {r})" for r, k in flags.nonzero().tolist()]
+
+
+def handle_nonfinite(bad: list[str], cfg: RunConfig, where: tuple[int, int]) -> None:
+    epoch, step = where
+    message = f"non-finite {', '.join(bad)} at epoch {epoch + 1} step {step}"
+    if cfg.on_nonfinite == "stop":
+        raise NonFiniteLossError(message + " (on_nonfinite=stop; use skip to drop such steps)")
+    print(f"dotsim: skipping step: {message}", flush=True)
 
 
 def _set_lr(optimizer, cfg: RunConfig, step: int, total_steps: int) -> None:
@@ -359,6 +399,16 @@ def restore(model, optimizer) -> TrainState:
 # --- fault injection for tests -------------------------------------------------------
 
 FAULT_ENV = "DOTSIM_TEST_KILL"
+NAN_ENV = "DOTSIM_TEST_NAN"
+
+
+def maybe_inject_nan(speech: torch.Tensor, where: tuple[int, int],
+                     ctx: RankContext) -> torch.Tensor:
+    """``DOTSIM_TEST_NAN=RANK:EPOCH:STEP`` (0-based): NaN in that rank's batch there."""
+    spec = os.environ.get(NAN_ENV)
+    if spec and [int(x) for x in spec.split(":")] == [ctx.rank, *where]:
+        return torch.full_like(speech, float("nan"))
+    return speech
 
 
 def maybe_inject_fault(epoch: int, ctx: RankContext) -> None:
