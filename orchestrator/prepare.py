@@ -7,6 +7,7 @@ in this process. The folder is published atomically (``PreparedWriter``).
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from collections.abc import Iterator
@@ -85,22 +86,23 @@ def _run_local(chunks: list[Chunk], settings) -> Iterator[tuple[Chunk, dict]]:
 
 
 def _run_ray(chunks: list[Chunk], settings, in_flight: int | None = None):
-    """Yield (chunk, features) as Ray tasks finish; at most ``in_flight`` pending, so the
-    driver never holds the whole corpus's features."""
+    """Yield (chunk, features) in chunk order from Ray tasks, at most ``in_flight``
+    pending, so the driver never holds the whole corpus's features and the shards come
+    out in the same order as in process."""
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=2)(featurize)
     in_flight = in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    pending: dict = {}
-    queue = list(chunks)
-    while queue or pending:
-        while queue and len(pending) < in_flight:
-            chunk = queue.pop(0)
-            # the chunk's waves travel once through the object store
-            pending[task.remote(chunk, settings)] = chunk
-        done, _ = ray.wait(list(pending), num_returns=1)
-        chunk = pending.pop(done[0])
-        yield chunk, ray.get(done[0])
+    pending: collections.deque = collections.deque()
+    for chunk in chunks:
+        # the chunk's waves travel once through the object store
+        pending.append((chunk, task.remote(chunk, settings)))
+        if len(pending) >= in_flight:
+            done, ref = pending.popleft()
+            yield done, ray.get(ref)
+    while pending:
+        done, ref = pending.popleft()
+        yield done, ray.get(ref)
 
 
 class _Quiet:

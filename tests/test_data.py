@@ -136,3 +136,16 @@ def test_feature_settings_are_recorded(small_prepared):
     meta = read_meta(small_prepared)
     for key, value in FeatureSettings().to_meta().items():
         assert meta[key] == value
+
+
+@pytest.mark.ray
+def test_prepare_over_ray_tasks_matches_in_process(ray_local, small_prepared, tmp_path):
+    prepare(None, tmp_path / "ray", seed=0, progress=False, use_ray=True,
+            corpus_sizes=SMALL_CORPUS)
+    local = load_prepared(small_prepared)
+    remote = load_prepared(tmp_path / "ray")
+    for split in ("train", "validation", "test"):
+        assert remote.splits[split].clips == local.splits[split].clips
+        for name in FEATURES:
+            torch.testing.assert_close(remote.splits[split].features[name],
+                                       local.splits[split].features[name])

@@ -46,6 +46,25 @@ def test_tiny_sweep_end_to_end(ray_local, small_prepared, tmp_path):
         assert len(events.Scalars("ray/tune/val_acc")) == 2
 
 
+def test_world_size_study(ray_local, small_prepared, tmp_path):
+    """With the world-size-independent sampler and dropout off, a global-scope run at world
+    size 2 repeats world size 1 (first epoch's loss to 1e-4); a local-scope run drifts."""
+    result = CliRunner().invoke(cli, [
+        "sweep", "--data", str(small_prepared), "--storage-path", str(tmp_path),
+        "--name", "ws", "--study", "world-size", "--world-sizes", "1,2",
+        "--variants", "dot:meanstd:global,dot:meanstd:local", *TINY, "--epochs", "1",
+        "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    drift = {d["variant"]: d for d in report["world_size"]}
+    assert drift["dot:meanstd:global"]["max_abs_diff_train_loss"] < 1e-4
+    assert drift["dot:meanstd:global"]["verdict"] == "stays put (round-off)"
+    assert drift["dot:meanstd:local"]["max_abs_diff_train_loss"] > 1e-3
+    assert drift["dot:meanstd:local"]["verdict"] == "drifts"
+    frame = pd.read_parquet(tmp_path / "ws" / "results.parquet")
+    assert sorted(set(frame["workers"])) == [1, 2]
+
+
 def _checkpoints(run: Path):
     return sorted(p.name for p in run.glob("checkpoint_*") if p.is_dir())
 
