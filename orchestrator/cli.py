@@ -408,12 +408,12 @@ def _local_cpus(cfg: RunConfig) -> int:
 def _resolve_data(cfg: RunConfig) -> RunConfig:
     """An absolute, checked prepared folder; the synthetic cache when none is given."""
     from orchestrator.prepare import ensure_synthetic
-    from workers.data import read_meta
+    from workers.data import check_prepared
 
     if cfg.data is None:
         return cfg.replace(data=str(ensure_synthetic()))
     path = Path(cfg.data).expanduser().resolve()
-    read_meta(path)  # PreparedDataError (a ValueError) names what is wrong
+    check_prepared(path)  # PreparedDataError (a ValueError) names what is wrong
     return cfg.replace(data=str(path))
 
 

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         yield
         return
     if address:
+        check_reachable(address)
         if _token_available():
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, logging_level=logging.WARNING)
@@ -69,6 +71,22 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nobody answers at (ray.init would retry for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"bad Ray address {address!r}; write HOST:PORT (e.g. 10.0.0.5:6379) "
+                         "or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"cannot reach Ray at {address} ({err.strerror or err}); is the "
+                              "cluster up, and are --address / RAY_ADDRESS right?") from err
 
 
 # --- one run -------------------------------------------------------------------------

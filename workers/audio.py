@@ -26,6 +26,7 @@ librosa's direct recursion.
 from __future__ import annotations
 
 import operator
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -326,7 +327,31 @@ def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE,
         raise ValueError(f"cannot read audio file {path}: {reason}") from err
     if data.size == 0:
         raise ValueError(f"audio file {path} holds no samples")
+    _check_not_truncated(path)
     wave = torch.from_numpy(data).mean(dim=1)
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
     return F.pad(wave, (0, max(num_samples - len(wave), 0)))[:num_samples].contiguous()
+
+
+def _check_not_truncated(path: str | Path) -> None:
+    """ValueError when a RIFF/WAVE file's data chunk is shorter than its header says.
+
+    libsndfile reads a truncated WAV without complaint, returning the samples that are
+    there; a cut-off clip would then enter the data set silently padded.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not RIFF/WAVE: soundfile has already judged it
+        while chunk := f.read(8):
+            if len(chunk) < 8:
+                return
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                left = os.fstat(f.fileno()).st_size - f.tell()
+                if size > left:
+                    raise ValueError(f"audio file {path} is truncated: its header promises "
+                                     f"{size} bytes of audio, {left} are there; copy it again")
+                return
+            f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes

@@ -132,24 +132,33 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def check_prepared(path: str | Path) -> dict:
+    """Check a prepared folder without reading its data: meta.json, every shard present
+    with the expected schema, and the row counts meta.json promises. Returns the meta."""
+    path = Path(path)
+    meta = read_meta(path)
+    expected = _schema(meta["frames"] * meta["n_mels"])
+    for split in SPLITS:
+        rows = 0
+        for name in meta["shards"][split]:
+            file = path / name
+            if not file.is_file():
+                raise PreparedDataError(f"{path} is missing shard {name}; prepare again")
+            parquet = pq.ParquetFile(file)
+            if not parquet.schema_arrow.equals(expected):
+                raise PreparedDataError(f"{file} has an unexpected schema; prepare again")
+            rows += parquet.metadata.num_rows
+        if rows != meta["counts"][split]:
+            raise PreparedDataError(f"{path}: split {split} has {rows} clips, meta.json says "
+                                    f"{meta['counts'][split]}; prepare again")
+    return meta
+
+
 def load_split(path: Path, meta: dict, split: str) -> Split:
     path = Path(path)
-    expected = _schema(meta["frames"] * meta["n_mels"])
-    tables = []
-    for name in meta["shards"][split]:
-        file = path / name
-        if not file.is_file():
-            raise PreparedDataError(f"{path} is missing shard {name}; prepare again")
-        table = pq.read_table(file)
-        if not table.schema.equals(expected):
-            raise PreparedDataError(f"{file} has an unexpected schema; prepare again")
-        tables.append(table)
-    table = pa.concat_tables(tables) if tables else expected.empty_table()
-    if table.num_rows != meta["counts"][split]:
-        raise PreparedDataError(
-            f"{path}: split {split} has {table.num_rows} clips, meta.json says "
-            f"{meta['counts'][split]}; prepare again"
-        )
+    tables = [pq.read_table(path / name) for name in meta["shards"][split]]
+    table = pa.concat_tables(tables) if tables else _schema(
+        meta["frames"] * meta["n_mels"]).empty_table()
     labels = table.column("label").to_numpy().astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["labels"])):
         raise PreparedDataError(f"{path}: split {split} has labels outside meta.json's list")
@@ -167,5 +176,5 @@ def load_split(path: Path, meta: dict, split: str) -> Split:
 
 def load_prepared(path: str | Path, splits=SPLITS) -> Prepared:
     """Read and check a prepared folder; ``PreparedDataError`` says what is wrong."""
-    meta = read_meta(Path(path))
+    meta = check_prepared(path)
     return Prepared(meta=meta, splits={s: load_split(Path(path), meta, s) for s in splits})
