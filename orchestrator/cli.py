@@ -6,6 +6,7 @@ on stderr; a failed run exits with 1. Set DOTSIM_DEBUG=1 to see tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -252,7 +253,8 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     if resume_dir is not None:
         definition = sweeps.read_definition(resume_dir)
         base = RunConfig.from_dict(definition["base"])
-        with ray_session(address, num_cpus=_local_cpus(base), dashboard=dashboard):
+        with _interruptible(), ray_session(address, num_cpus=_local_cpus(base),
+                                           dashboard=dashboard):
             sweeps.resume_sweep(resume_dir)
         return _print_report(resume_dir, as_json)
 
@@ -273,7 +275,8 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     folder = storage / (name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
     click.echo(f"Sweep of {len(trials)} trials in {folder}\n"
                f"  live curves: tensorboard --logdir {folder}", err=True)
-    with ray_session(address, num_cpus=_local_cpus(base), dashboard=dashboard):
+    with _interruptible(), ray_session(address, num_cpus=_local_cpus(base),
+                                       dashboard=dashboard):
         if sizes:
             base = base.replace(cpus_per_worker=_study_cpus(base, max(sizes)))
         sweeps.run_sweep(folder, base, trials, scheduler=scheduler,
@@ -415,6 +418,18 @@ def _resolve_data(cfg: RunConfig) -> RunConfig:
     path = Path(cfg.data).expanduser().resolve()
     check_prepared(path)  # PreparedDataError (a ValueError) names what is wrong
     return cfg.replace(data=str(path))
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """An interrupted sweep: one line saying how to resume it, exit code 130."""
+    from orchestrator.sweep import SweepInterrupted
+
+    try:
+        yield
+    except SweepInterrupted as stopped:
+        click.echo(f"dotsim: {stopped}", err=True)
+        sys.exit(130)
 
 
 def _world_sizes(text: str) -> list[int]:

@@ -61,12 +61,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         # Without the dashboard, Ray Train's placement-group cleaner cannot reach the
         # State API and logs a warning every few seconds: keep worker logs local then
         # (errors still reach the driver as exceptions; progress comes by queue).
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                 include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=dashboard)
+        context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                           include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                           logging_level=logging.WARNING, log_to_driver=dashboard)
         if dashboard:
-            click.echo("Ray Dashboard: http://127.0.0.1:8265 (token in ~/.ray/auth_token)",
-                       err=True)
+            click.echo(f"Ray Dashboard: http://{context.dashboard_url} (token: "
+                       "~/.ray/auth_token)", err=True)
     try:
         yield
     finally:

@@ -121,9 +121,7 @@ def run_sweep(sweep_dir: Path, base: RunConfig, trials: list[dict], *, scheduler
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(definition, indent=2) + "\n")
     tuner = build_tuner(sweep_dir, base, trials, scheduler=scheduler,
                         max_concurrent=max_concurrent)
-    with _tune_output_to_stderr():
-        tuner.fit()
-    return collect_results(sweep_dir)
+    return _fit(tuner, sweep_dir, len(trials))
 
 
 def resume_sweep(sweep_dir: Path) -> Path:
@@ -137,9 +135,36 @@ def resume_sweep(sweep_dir: Path) -> Path:
     # the restored Tuner carries the trials' configs; errored trials continue too
     tuner = tune.Tuner.restore(str(tune_dir), tune.with_resources(_run_trial, TRIAL_RESOURCES),
                                resume_unfinished=True, resume_errored=True)
+    return _fit(tuner, sweep_dir, len(read_definition(sweep_dir)["trials"]))
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped before every trial ended (Ctrl-C); it can be resumed."""
+
+
+def _fit(tuner: tune.Tuner, sweep_dir: Path, trials: int) -> Path:
+    """Run the Tuner; write results.parquet; SweepInterrupted when trials are left over
+    (Tune stops gracefully on SIGINT and saves its state first)."""
     with _tune_output_to_stderr():
         tuner.fit()
-    return collect_results(sweep_dir)
+    path = collect_results(sweep_dir)
+    unfinished = unfinished_trials(sweep_dir)
+    if unfinished:
+        raise SweepInterrupted(f"sweep interrupted with {len(unfinished)} of {trials} trials "
+                               f"unfinished; continue it: dotsim sweep --resume {sweep_dir}")
+    return path
+
+
+def unfinished_trials(sweep_dir: Path) -> list[str]:
+    """Trials that Tune's saved experiment state does not record as ended (TERMINATED,
+    which includes ASHA's early stops, or ERROR). After Ctrl-C, Tune saves the state
+    before it stops the running trials, so this is what a resume would continue."""
+    states = sorted((Path(sweep_dir) / TUNE_NAME).glob("experiment_state-*.json"))
+    if not states:
+        return []
+    trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
+    return [t.get("custom_dirname") or t["trial_id"] for t in trials
+            if t["status"] not in ("TERMINATED", "ERROR")]
 
 
 def _tune_output_to_stderr():

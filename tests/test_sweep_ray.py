@@ -1,6 +1,7 @@
 """Real Tune sweeps over Ray Train runs: results.parquet, TensorBoard events, the report,
 and a sweep killed mid-way and resumed without re-running its finished trial."""
 
+import contextlib
 import json
 import os
 import signal
@@ -69,7 +70,8 @@ def _checkpoints(run: Path):
     return sorted(p.name for p in run.glob("checkpoint_*") if p.is_dir())
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, tmp_path, how):
     env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "disabled"}
     (tmp_path / "home").mkdir()
     sweep = tmp_path / "s"
@@ -86,8 +88,15 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
         time.sleep(1)
     assert _finished(first), "the first trial did not finish in time"
     assert not _finished(sweep / "runs" / "dot-minmax-local-seed0")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if how == "SIGKILL":  # the driver and the local Ray it started die at once
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:  # Ctrl-C: Tune saves its state, the driver says how to resume and exits 130
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        assert "dotsim sweep --resume" in (tmp_path / "first.log").read_text()
+        with contextlib.suppress(ProcessLookupError):  # anything the driver left behind
+            os.killpg(proc.pid, signal.SIGKILL)
     before = _checkpoints(first)
     resumed = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
                               "sweep", "--resume", str(sweep), "--json"], env=env,
