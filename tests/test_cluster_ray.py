@@ -26,6 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _node_ports() -> list[str]:
+    """Ports a node's agents would otherwise take at fixed defaults: two nodes on one
+    machine (and any other Ray running here, such as the test session's) would clash."""
+    return [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port")]
+
+
 def _kill_cluster(marker: str) -> None:
     """Kill exactly this cluster's processes (their command lines name its temp dir);
     `ray stop` would also stop every other Ray on the machine."""
@@ -58,10 +66,12 @@ def two_node_cluster(tmp_path):
     subprocess.run([*ray, "start", "--head", f"--port={gcs}", "--num-cpus=1",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
+                    f"--ray-client-server-port={_free_port()}", *_node_ports(),
                     "--disable-usage-stats"], env=env, check=True, capture_output=True)
     try:
         subprocess.run([*ray, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True)
+                        *_node_ports(), "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True)
         yield {"env": env, "jobs": f"http://127.0.0.1:{dashboard}", "token": token}
     finally:
         _kill_cluster(str(temp_dir))
