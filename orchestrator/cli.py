@@ -190,7 +190,8 @@ def train(address, dashboard, as_json, **options):
 
     cfg = _resolve_data(cfg)
     with ray_session(address, num_cpus=_local_cpus(cfg), dashboard=dashboard):
-        _check_resources(cfg)
+        if not address:  # a cluster behind --address may autoscale to what is missing
+            _check_resources(cfg)
         summary = run_training(cfg)
     if as_json:
         click.echo(json.dumps(summary, default=str))
@@ -279,8 +280,9 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
                                        dashboard=dashboard):
         if sizes:
             base = base.replace(cpus_per_worker=_study_cpus(base, max(sizes)))
+        # a cluster behind --address may autoscale: its resources now are not its limit
         sweeps.run_sweep(folder, base, trials, scheduler=scheduler,
-                         max_concurrent=max_concurrent, study=study)
+                         max_concurrent=max_concurrent, study=study, elastic=bool(address))
     _print_report(folder, as_json)
 
 

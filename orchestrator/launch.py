@@ -54,6 +54,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         return
     if address:
         check_reachable(address)
+        # GPU nodes of an autoscaling cluster take minutes to join: wait for the worker
+        # group that long (Ray Train's default is 60 s); workers inherit the driver's env
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1200")
         if _token_available():
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, logging_level=logging.WARNING)

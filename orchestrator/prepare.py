@@ -48,16 +48,17 @@ def prepare(source: Path | None, out: Path, *, seed: int = 0, overwrite: bool = 
     ``corpus_sizes`` shrinks the synthetic corpus (``synth.make_corpus`` arguments).
     """
     settings = settings or FeatureSettings()
-    if source is None:
-        labels, chunks = synthetic_chunks(seed, size=CHUNK_CLIPS, **(corpus_sizes or {}))
-        origin = {"source": "synthetic", "synthetic_seed": seed,
-                  "synthetic_version": SYNTHETIC_VERSION, **(corpus_sizes or {})}
-    else:
-        labels, chunks = speech_commands_chunks(Path(source), size=CHUNK_CLIPS)
-        origin = {"source": str(Path(source).resolve())}
     frames = settings.num_samples // settings.hop + 1  # centred frames
+    # the writer first: an existing --out is refused before any clip is made or read
     writer = PreparedWriter(out, frames=frames, n_mels=settings.n_mels, overwrite=overwrite)
     try:
+        if source is None:
+            labels, chunks = synthetic_chunks(seed, size=CHUNK_CLIPS, **(corpus_sizes or {}))
+            origin = {"source": "synthetic", "synthetic_seed": seed,
+                      "synthetic_version": SYNTHETIC_VERSION, **(corpus_sizes or {})}
+        else:
+            labels, chunks = speech_commands_chunks(Path(source), size=CHUNK_CLIPS)
+            origin = {"source": str(Path(source).resolve())}
         results = _run_ray(chunks, settings) if use_ray else _run_local(chunks, settings)
         with _progress(len(chunks), progress) as bar:
             for chunk, features in results:

@@ -58,24 +58,29 @@ def _trial_config(base: dict, trial: dict, sweep_dir: str) -> RunConfig:
                        storage_path=str(Path(sweep_dir) / "runs"))
 
 
-def concurrency(base: RunConfig, trials: list[dict], max_concurrent: int | None) -> int:
+def concurrency(base: RunConfig, trials: list[dict], max_concurrent: int | None,
+                elastic: bool = False) -> int:
     """Trials at once such that every trial's Train workers can be placed: Tune does
-    not count them, so too many trials would wait on each other forever."""
+    not count them, so too many trials would wait on each other forever. An ``elastic``
+    (autoscaling) cluster may not have the nodes yet: there, --max-concurrent or 1."""
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
     widest = max(t.get("workers", base.workers) for t in trials)
     fits = math.floor(cpus / (widest * base.cpus_per_worker) + 1e-9)
     if base.gpu:
         fits = min(fits, math.floor(gpus / widest))
+    if elastic:
+        return max(1, min(max_concurrent or max(fits, 1), len(trials)))
     if fits < 1:
+        gpu_need = f" and {widest} GPUs (it has {gpus:g})" if base.gpu else ""
         raise ValueError(
-            f"one trial needs {widest} workers x {base.cpus_per_worker} CPUs, the cluster has "
-            f"{cpus:g} CPUs: lower --workers or --cpus-per-worker")
+            f"one trial needs {widest} workers x {base.cpus_per_worker} CPUs{gpu_need}, the "
+            f"cluster has {cpus:g} CPUs: lower --workers or --cpus-per-worker")
     return min(fits, max_concurrent or fits, len(trials))
 
 
 def build_tuner(sweep_dir: Path, base: RunConfig, trials: list[dict], *, scheduler: str,
-                max_concurrent: int | None) -> tune.Tuner:
+                max_concurrent: int | None, elastic: bool = False) -> tune.Tuner:
     trainable = tune.with_resources(_run_trial, TRIAL_RESOURCES)
     return tune.Tuner(
         trainable,
@@ -83,7 +88,7 @@ def build_tuner(sweep_dir: Path, base: RunConfig, trials: list[dict], *, schedul
                      "trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(
             metric="val_acc", mode="max", scheduler=_scheduler(scheduler, base),
-            max_concurrent_trials=concurrency(base, trials, max_concurrent),
+            max_concurrent_trials=concurrency(base, trials, max_concurrent, elastic),
             trial_dirname_creator=_dirname, trial_name_creator=_dirname,
         ),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(sweep_dir),
@@ -109,7 +114,8 @@ def _scheduler(name: str, base: RunConfig):
 
 
 def run_sweep(sweep_dir: Path, base: RunConfig, trials: list[dict], *, scheduler: str = "fifo",
-              max_concurrent: int | None = None, study: str | None = None) -> Path:
+              max_concurrent: int | None = None, study: str | None = None,
+              elastic: bool = False) -> Path:
     """Start a new sweep in ``sweep_dir`` and run it to the end; returns results.parquet."""
     sweep_dir = Path(sweep_dir).expanduser().resolve()
     if (sweep_dir / SWEEP_FILE).exists():
@@ -120,7 +126,7 @@ def run_sweep(sweep_dir: Path, base: RunConfig, trials: list[dict], *, scheduler
                   "max_concurrent": max_concurrent, "study": study}
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(definition, indent=2) + "\n")
     tuner = build_tuner(sweep_dir, base, trials, scheduler=scheduler,
-                        max_concurrent=max_concurrent)
+                        max_concurrent=max_concurrent, elastic=elastic)
     return _fit(tuner, sweep_dir, len(trials))
 
 

@@ -290,3 +290,20 @@ def test_submit_retries_while_the_job_agent_starts(fake_client, monkeypatch):
                                       "--", "train"])
     assert result.exit_code == 0 and result.stdout.strip() == "raysubmit_2"
     assert client.submit_job.call_count == 2
+
+
+def test_concurrency_on_fixed_and_autoscaling_clusters(monkeypatch):
+    from orchestrator import sweep as sweeps
+    from workers.config import RunConfig
+
+    trials = [{"seed": s} for s in range(5)]
+    monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 8.0})
+    assert sweeps.concurrency(RunConfig(workers=2), trials, None) == 4
+    assert sweeps.concurrency(RunConfig(workers=2), trials, 3) == 3
+    monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ValueError, match="lower --workers"):
+        sweeps.concurrency(RunConfig(workers=4), trials, None)
+    # GPU workers on a cluster that scales up from zero GPUs
+    gpu = RunConfig(workers=2, gpu=True)
+    assert sweeps.concurrency(gpu, trials, 2, elastic=True) == 2
+    assert sweeps.concurrency(gpu, trials, None, elastic=True) == 1
