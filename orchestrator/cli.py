@@ -21,8 +21,6 @@ import click
 from orchestrator import variants as sweep_variants
 from workers.config import RunConfig, field_docs
 
-EXAMPLE_TRAIN = "dotsim train --similarity dot --norm meanstd --scope global --epochs 12"
-
 
 class UserError(click.ClickException):
     """Bad input from the user: exit 2, one line."""
@@ -37,11 +35,6 @@ _OPTION_NAMES = {"gpu": "--gpu/--cpu"}
 _NOT_OPTIONS = {"extra"}
 
 
-def _click_type(annotation: str):
-    base = {"int": int, "float": float, "str": str, "bool": bool}
-    return base[annotation.replace(" | None", "")]
-
-
 def config_options(func):
     """One Click option per RunConfig field, named after it (kebab-case). Defaults stay in
     RunConfig: an option left out is not passed, and its help shows RunConfig's default."""
@@ -52,10 +45,9 @@ def config_options(func):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        kind = next(a for a in typing.get_args(kind) if a is not type(None)) \
-            if isinstance(kind, types.UnionType) else kind
-        default = f.default
-        help_text = f"{docs.get(f.name, '')} [default: {default}]"
+        if isinstance(kind, types.UnionType):  # `str | None` -> str
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        help_text = f"{docs.get(f.name, '')} [default: {f.default}]"
         if kind is bool:
             name = _OPTION_NAMES.get(f.name, f"{flag}/--no-{flag[2:]}")
             func = click.option(name, f.name, default=None, help=help_text)(func)
@@ -141,8 +133,10 @@ def prepare(source, out, seed, overwrite, use_ray, address, as_json):
 
     SOURCE is a Speech Commands v2 folder (<word>/<speaker>_nohash_<n>.wav with
     validation_list.txt and testing_list.txt); without it, the embedded synthetic corpus
-    is written. A clip that cannot be read stops the run with its name (nothing is
-    written), so no split silently loses clips.
+    is written. A clip that cannot be used (corrupt, truncated, empty, not audio) stops
+    the run with its name and nothing is written, so no split silently loses clips;
+    8/24/32-bit and float WAVs, other sample rates, stereo and clips longer than 1 s are
+    converted (mono, 16 kHz, padded or trimmed to 1 s).
 
     \b
     Example:

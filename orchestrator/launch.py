@@ -19,11 +19,11 @@ import ray.train
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
 
+from orchestrator.auth import ray_auth_token
 from workers.config import RunConfig
 from workers.train import load_checkpoint, train_loop_per_worker
 
 PACKAGES = ("dotsim", "torch", "torchaudio", "ray", "pyarrow", "numpy", "click", "soundfile")
-TOKEN_FILE = Path("~/.ray/auth_token")
 
 
 def default_storage() -> Path:
@@ -32,11 +32,6 @@ def default_storage() -> Path:
 
 
 # --- Ray connection ------------------------------------------------------------------
-
-
-def _token_available() -> bool:
-    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                or TOKEN_FILE.expanduser().is_file())
 
 
 @contextlib.contextmanager
@@ -57,7 +52,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         # GPU nodes of an autoscaling cluster take minutes to join: wait for the worker
         # group that long (Ray Train's default is 60 s); workers inherit the driver's env
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1200")
-        if _token_available():
+        if ray_auth_token():  # Ray sends it only in token mode
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, logging_level=logging.WARNING)
     else:

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
+
+from orchestrator.auth import ray_auth_token
 
 # Not uploaded with the working directory: environments, caches, data, results.
 EXCLUDES = [".venv", ".git", "__pycache__", "*.parquet", ".pytest_cache", ".ruff_cache",
             ".hypothesis", "data", "results"]
-TOKEN_FILE = Path("~/.ray/auth_token")
 
 
 def auth_headers() -> dict[str, str]:
-    """Ray 2.60 token authentication: RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names,
-    or ~/.ray/auth_token (where `ray start` / `ray.init` put it); none: no header."""
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if not token:
-        file = Path(path).expanduser() if path else TOKEN_FILE.expanduser()
-        if file.is_file():
-            token = file.read_text().strip()
+    """The Authorization header for the Jobs API, when a Ray token is configured."""
+    token = ray_auth_token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
