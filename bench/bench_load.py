@@ -49,7 +49,9 @@ def sweep(base: RunConfig, storage: Path, name: str, trials: int) -> pd.DataFram
 
 
 def run(base: RunConfig, trials: int) -> dict:
-    storage = Path(tempfile.mkdtemp(prefix="dotsim-load-"))
+    """Warm up, snapshot, sweep ``trials`` trials, snapshot again (sweeps go under the
+    config's storage path, else a new temporary folder)."""
+    storage = Path(base.storage_path or tempfile.mkdtemp(prefix="dotsim-load-"))
     sweep(base, storage, "warm-up", 1)
     time.sleep(2)  # let Ray reap the warm-up's actors
     before = snapshot()

@@ -471,9 +471,14 @@ def _check_resources(cfg: RunConfig) -> None:
 
 
 def _one_line(err: BaseException) -> str:
+    """The error's first line; a first line that ends in ":" (Ray's "Training failed due
+    to controller error:") takes the next line along."""
     cause = getattr(err, "cause", None)  # a Ray task error wraps the real one
-    text = str(cause if cause is not None else err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    lines = [line.strip() for line in str(cause if cause is not None else err).splitlines()
+             if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.auth import ray_auth_token
 from workers.config import RunConfig
@@ -165,7 +166,9 @@ def run_training(cfg: RunConfig, *, progress: bool = True,
                  worker_env: dict | None = None) -> dict:
     """Fit one run (resuming it if its folder holds a checkpoint); return its summary."""
     folder = write_run_record(cfg)
-    queue = Queue(actor_options={"num_cpus": 0})
+    # on the driver's node: losing another node must not take the progress queue with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = make_trainer(cfg, callbacks=[ForwardMetrics(queue)], worker_env=worker_env)
     with ThreadPoolExecutor(1) as pool:
         fitting = pool.submit(trainer.fit)
