@@ -51,9 +51,9 @@ class Chunk:
 def featurize(chunk: Chunk, settings: FeatureSettings) -> dict[str, np.ndarray]:
     """Features of one chunk: {"speech", "formant", "residual"} each (N, frames, n_mels).
 
-    Runs in a Ray task for large sources; ``ValueError`` names a clip that cannot be read.
+    Runs in a Ray task for large sources (Ray sets OMP_NUM_THREADS to the task's one
+    CPU, so tasks do not oversubscribe); ``ValueError`` names a clip that cannot be read.
     """
-    torch.set_num_threads(1)  # one task per CPU: threads inside would oversubscribe
     waves = chunk.waves
     if waves is None:
         waves = np.stack([
