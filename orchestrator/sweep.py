@@ -161,16 +161,21 @@ def _fit(tuner: tune.Tuner, sweep_dir: Path, trials: int) -> Path:
     return path
 
 
+def trial_statuses(sweep_dir: Path) -> dict[str, str]:
+    """Trial folder name -> status in Tune's latest saved experiment state ({} before any)."""
+    states = sorted((Path(sweep_dir) / TUNE_NAME).glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
+    return {t.get("custom_dirname") or t["trial_id"]: t["status"] for t in trials}
+
+
 def unfinished_trials(sweep_dir: Path) -> list[str]:
     """Trials that Tune's saved experiment state does not record as ended (TERMINATED,
     which includes ASHA's early stops, or ERROR). After Ctrl-C, Tune saves the state
     before it stops the running trials, so this is what a resume would continue."""
-    states = sorted((Path(sweep_dir) / TUNE_NAME).glob("experiment_state-*.json"))
-    if not states:
-        return []
-    trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
-    return [t.get("custom_dirname") or t["trial_id"] for t in trials
-            if t["status"] not in ("TERMINATED", "ERROR")]
+    return [name for name, status in trial_statuses(sweep_dir).items()
+            if status not in ("TERMINATED", "ERROR")]
 
 
 def _tune_output_to_stderr():

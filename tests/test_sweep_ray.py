@@ -111,15 +111,12 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
 
 def _tune_status(sweep: Path, trial_dir: str):
     """The status Tune's saved experiment state gives the trial (None before any)."""
-    for state in sorted((sweep / "tune").glob("experiment_state-*.json"))[-1:]:
-        try:
-            trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
-        except (json.JSONDecodeError, KeyError):
-            return None  # being written
-        for trial in trials:
-            if trial.get("custom_dirname") == trial_dir:
-                return trial["status"]
-    return None
+    from orchestrator.sweep import trial_statuses
+
+    try:
+        return trial_statuses(sweep).get(trial_dir)
+    except (json.JSONDecodeError, KeyError):
+        return None  # being written
 
 
 def _finished(run: Path) -> bool:
