@@ -1,14 +1,16 @@
-"""Batched Burg LPC + residual (workers.audio) against the author's per-frame loop.
+"""Burg LPC + residual (workers.audio) against the author's per-frame loop.
 
     .venv/bin/python bench/bench_lpc.py [--frames 2000] [--order 20] [--rounds 5]
                                         [--device cuda] [--gpu-frames 400000]
 
-One CPU thread everywhere (torch, numba, BLAS). Checks parity first (batched float64
+One CPU thread everywhere (torch, numba, BLAS). Checks parity first (ours in float64
 against librosa.lpc row by row), then times on the same float32 frames, in the same run:
 
   (a) the author's method: librosa.lpc per frame + scipy.signal.lfilter residual, in a
       Python loop (numba warmed up);
-  (b) workers.audio.lpc + workers.audio.frame_residual on the whole batch.
+  (b) workers.audio.lpc_residual (and workers.audio.lpc alone) on the whole batch: the
+      compiled per-frame fast Burg recursion (workers.burg), the CPU's production path;
+  (c) for reference, the batched PyTorch recursion that accelerators run, here on the CPU.
 
 The contenders take turns for --rounds rounds, each round timing the best of 3
 back-to-back passes over all frames; prints the median as microseconds per frame of this
@@ -33,7 +35,7 @@ import scipy.signal  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers import audio  # noqa: E402
+from workers import audio, burg  # noqa: E402
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 
@@ -88,12 +90,21 @@ def author_method(frames: np.ndarray, order: int, residual: bool):
     return run
 
 
-def batched(frames: torch.Tensor, order: int, residual: bool, sync=lambda: None):
+def ours(frames: torch.Tensor, order: int, residual: bool, sync=lambda: None):
     def run():
-        a = audio.lpc(frames, order)
         if residual:
-            audio.frame_residual(frames, a)
+            audio.lpc_residual(frames, order)
+        else:
+            audio.lpc(frames, order)
         sync()
+    return run
+
+
+def batched_on_cpu(frames: torch.Tensor, order: int):
+    """The accelerators' path (burg_batched + frame_residual) run on the CPU."""
+    def run():
+        a, _ = burg.burg_batched(frames.double(), order)
+        audio.frame_residual(frames, a.float())
     return run
 
 
@@ -103,14 +114,15 @@ def check_parity(frames32: np.ndarray, order: int) -> None:
     got64 = audio.lpc(torch.from_numpy(frames64), order).numpy()
     got32 = audio.lpc(torch.from_numpy(frames32), order).numpy()
     lib32 = np.stack([librosa.lpc(f, order=order) for f in frames32])
-    _, redo = audio._burg(torch.from_numpy(frames64), order)
+    *_, redo = burg.burg_frames(torch.from_numpy(frames64), order, False)
     err64 = np.abs(got64 - want).max()
-    print(f"parity float64 batched vs librosa.lpc: max |diff| {err64:.2e} "
+    print(f"parity float64 ours vs librosa.lpc: max |diff| {err64:.2e} "
           f"({int(redo.sum())}/{len(frames64)} frames redone by the direct recursion)")
-    print(f"float32 batched vs librosa (float64): max |diff| {np.abs(got32 - want).max():.2e}; "
+    print(f"float32 ours vs librosa (float64): max |diff| {np.abs(got32 - want).max():.2e}; "
           f"librosa on float32 frames: {np.abs(lib32 - want).max():.2e}")
-    a32 = torch.from_numpy(got32)
-    e = audio.frame_residual(torch.from_numpy(frames32), a32).numpy()
+    a32, e = audio.lpc_residual(torch.from_numpy(frames32), order)
+    assert torch.equal(a32, torch.from_numpy(got32))
+    e = e.numpy()
     e_ref = np.stack([scipy.signal.lfilter(a, [1.0], f)[order:]
                       for a, f in zip(want, frames64, strict=True)])
     rel = np.sqrt(((e - e_ref) ** 2).sum() / (e_ref**2).sum())
@@ -125,17 +137,18 @@ def cpu_benchmark(frames32: np.ndarray, order: int, rounds: int) -> None:
     timings = interleaved({
         "(a) librosa.lpc loop": author_method(frames32, order, False),
         "(a) librosa.lpc + lfilter loop": author_method(frames32, order, True),
-        "(b) batched lpc, float32": batched(frames_t, order, False),
-        "(b) batched lpc + residual, float32": batched(frames_t, order, True),
-        "    batched lpc + residual, float64": batched(frames_t.double(), order, True),
+        "(b) lpc, float32": ours(frames_t, order, False),
+        "(b) lpc + residual, float32": ours(frames_t, order, True),
+        "    lpc + residual, float64": ours(frames_t.double(), order, True),
+        "(c) batched torch lpc + residual, f32": batched_on_cpu(frames_t, order),
     }, rounds)
     print(f"\nmedian of {rounds} rounds of the best of 3 back-to-back passes")
     print(f"{'method':40s} {'CPU us/frame':>13s} {'wall us/frame':>14s}")
     for name, t in timings.items():
         print(f"{name:40s} {t['cpu'] / n * 1e6:13.2f} {t['wall'] / n * 1e6:14.2f}")
     for label, slow, fast in [
-        ("lpc + residual", "(a) librosa.lpc + lfilter loop", "(b) batched lpc + residual, float32"),
-        ("lpc alone", "(a) librosa.lpc loop", "(b) batched lpc, float32"),
+        ("lpc + residual", "(a) librosa.lpc + lfilter loop", "(b) lpc + residual, float32"),
+        ("lpc alone", "(a) librosa.lpc loop", "(b) lpc, float32"),
     ]:
         print(f"speedup, {label}: {timings[slow]['cpu'] / timings[fast]['cpu']:.1f}x CPU time, "
               f"{timings[slow]['wall'] / timings[fast]['wall']:.1f}x wall")
@@ -159,11 +172,11 @@ def gpu_benchmark(n_frames: int, frames32: np.ndarray, order: int, rounds: int) 
     print(f"\nGPU: {torch.cuda.get_device_name()}; float64 parity on CUDA: "
           f"max |diff| {np.abs(got - want).max():.2e}")
     timings = interleaved({
-        name: batched(frames, order, residual, torch.cuda.synchronize)
+        name: ours(frames, order, residual, torch.cuda.synchronize)
         for name, residual in [("lpc", False), ("lpc + residual", True)]
     }, rounds)
     for name, t in timings.items():
-        print(f"GPU batched {name}, float32, {n_frames} frames: "
+        print(f"GPU {name}, float32, {n_frames} frames: "
               f"{n_frames / t['wall'] / 1e6:.2f} M frames/s ({t['wall'] * 1e3:.1f} ms)")
 
 

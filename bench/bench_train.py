@@ -1,11 +1,13 @@
 """Training throughput: Ray Train against bare torch DDP, global against local scope, and
 the similarity loss's share of a training step.
 
-    .venv/bin/python bench/bench_train.py [--data DIR] [--epochs 2] [--workers 2]
+    .venv/bin/python bench/bench_train.py [--data DIR] [--epochs 3] [--rounds 2] [--workers 2]
 
 Both sides run the same per-rank code (``workers.train.train_epoch``) on the same data,
 model and world size, one torch thread per rank; the bare side is torch.multiprocessing
-+ gloo. Figures are samples/s of the last epoch (the first warms up). Prints a Markdown
++ gloo. The bare variants (global scope, local scope, loss replaced by 0) take turns for
+--rounds rounds, so a busy machine slows all of them alike; each figure is the median
+epoch time over every epoch but each run's first (which warms up). Prints a Markdown
 table; copy it with the machine into README.md's performance section.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -26,9 +29,9 @@ from workers.config import RunConfig
 from workers.data import load_prepared
 
 
-def _zero_loss(emb, emb_rec, **kwargs):
-    """Stands in for similarity_loss to measure a step without it (same graph otherwise)."""
-    return (emb.sum() + emb_rec.sum()) * 0
+def _zero_losses(emb, emb_recs, **kwargs):
+    """Stands in for similarity_losses to measure a step without it (same graph otherwise)."""
+    return torch.stack([(emb.sum() + emb_rec.sum()) * 0 for emb_rec in emb_recs])
 
 
 def _bare_rank(rank, world_size, init_file, cfg_dict, epochs, without_loss, out):
@@ -37,21 +40,20 @@ def _bare_rank(rank, world_size, init_file, cfg_dict, epochs, without_loss, out)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     if without_loss:
-        wt.similarity_loss = _zero_loss
+        wt.similarity_losses = _zero_losses
     ctx = wt.RankContext(rank, world_size, torch.device("cpu"))
     data = load_prepared(cfg.data, splits=("train",))
     train = wt.FeatureNorm.fit(data.splits["train"])(data.splits["train"], ctx.device)
     model = wt.build_model(cfg, data)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    for epoch in range(epochs):
-        metrics = wt.train_epoch(ddp, optimizer, train, cfg, epoch, ctx)
+    history = [wt.train_epoch(ddp, optimizer, train, cfg, epoch, ctx) for epoch in range(epochs)]
     if rank == 0:
-        out.put(metrics)
+        out.put(history)
     dist.destroy_process_group()
 
 
-def bare_ddp(cfg: RunConfig, epochs: int, without_loss: bool = False) -> dict:
+def bare_ddp(cfg: RunConfig, epochs: int, without_loss: bool = False) -> list[dict]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     init_file = os.path.join(tempfile.mkdtemp(), "init")
@@ -61,20 +63,28 @@ def bare_ddp(cfg: RunConfig, epochs: int, without_loss: bool = False) -> dict:
     return out.get()
 
 
-def ray_train(cfg: RunConfig) -> tuple[dict, float]:
+def ray_train(cfg: RunConfig) -> tuple[list[dict], float]:
     from orchestrator.launch import run_training
 
     start = time.perf_counter()
     summary = run_training(cfg, progress=False)
-    return summary["history"][-1], time.perf_counter() - start
+    return summary["history"], time.perf_counter() - start
+
+
+def warm_epoch_seconds(history: list[dict]) -> list[float]:
+    """Epoch times of a run without its first epoch (start-up, allocator warm-up)."""
+    return [m["epoch_seconds"] for m in history[1:]]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="prepared folder (default: synthetic)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first epoch is not timed)")
 
     from orchestrator.launch import ray_session
     from orchestrator.prepare import ensure_synthetic
@@ -85,24 +95,29 @@ def main():
                     threads_per_worker=1)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"{args.workers} ranks x 1 thread, preset {cfg.preset}, batch {cfg.batch_size}, "
-          f"{args.epochs} epochs (last one timed)")
-    rows = []
-    for scope in ("global", "local"):
-        m = bare_ddp(cfg.replace(scope=scope), args.epochs)
-        rows.append((f"bare DDP, dot:minmax:{scope}", m["samples_per_second"],
-                     m["epoch_seconds"]))
-    m = bare_ddp(cfg, args.epochs, without_loss=True)
-    rows.append(("bare DDP, similarity loss replaced by 0", m["samples_per_second"],
-                 m["epoch_seconds"]))
+          f"{args.epochs} epochs x {args.rounds} rounds (first epoch of each run not timed)")
+    variants = {
+        "bare DDP, dot:minmax:global": (cfg.replace(scope="global"), False),
+        "bare DDP, dot:minmax:local": (cfg.replace(scope="local"), False),
+        "bare DDP, similarity loss replaced by 0": (cfg, True),
+    }
+    seconds = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (variant, without_loss) in variants.items():
+            seconds[name] += warm_epoch_seconds(bare_ddp(variant, args.epochs, without_loss))
     with ray_session(num_cpus=max(2, args.workers)):
-        m, wall = ray_train(cfg.replace(run_name="bench-ray-global"))
-    rows.append(("Ray Train, dot:minmax:global", m["samples_per_second"], m["epoch_seconds"]))
+        history, wall = ray_train(cfg.replace(run_name="bench-ray-global"))
+    seconds["Ray Train, dot:minmax:global"] = warm_epoch_seconds(history)
 
-    print("\n| setup | samples/s | epoch s |\n| --- | ---: | ---: |")
-    for name, sps, sec in rows:
-        print(f"| {name} | {sps:.0f} | {sec:.2f} |")
-    glob, loc, none, ray_ = (r[2] for r in rows)
-    print(f"\nRay Train / bare DDP throughput: {rows[0][2] / ray_:.3f} (goal >= 0.9)")
+    samples = history[-1]["samples_per_second"] * history[-1]["epoch_seconds"]
+    median = {name: statistics.median(t) for name, t in seconds.items()}
+    print("\n| setup | samples/s | median epoch s | epochs timed | spread (min-max) s |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, t in seconds.items():
+        print(f"| {name} | {samples / median[name]:.0f} | {median[name]:.2f} | {len(t)} "
+              f"| {min(t):.2f}-{max(t):.2f} |")
+    glob, loc, none, ray_ = median.values()
+    print(f"\nRay Train / bare DDP throughput: {glob / ray_:.3f} (goal >= 0.9)")
     print(f"step time global / local: {glob / loc:.3f} (goal <= 1.05)")
     print(f"similarity loss share of a step (global): {(glob - none) / glob:.1%} (goal <= 5%)")
     print(f"Ray Train run wall time incl. start-up: {wall:.1f} s")

@@ -6,7 +6,16 @@ from losses.similarity import (
     SIMILARITIES,
     resolve_similarity,
     similarity_loss,
+    similarity_losses,
     validate,
 )
 
-__all__ = ["NORMS", "SCOPES", "SIMILARITIES", "resolve_similarity", "similarity_loss", "validate"]
+__all__ = [
+    "NORMS",
+    "SCOPES",
+    "SIMILARITIES",
+    "resolve_similarity",
+    "similarity_loss",
+    "similarity_losses",
+    "validate",
+]

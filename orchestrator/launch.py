@@ -45,11 +45,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     a token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent. A Ray
     that this function started is shut down on exit.
     """
+    if address:
+        check_reachable(address)  # even when connected already: a wrong address is an error
     if ray.is_initialized():  # e.g. a test or a notebook already connected
         yield
         return
     if address:
-        check_reachable(address)
         # GPU nodes of an autoscaling cluster take minutes to join: wait for the worker
         # group that long (Ray Train's default is 60 s); workers inherit the driver's env
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1200")

@@ -4,20 +4,22 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from losses import similarity_loss
+from losses import similarity_loss, similarity_losses
 from losses.distributed import gather_rows
 
 
 class TwoTower(nn.Module):
-    """A small model with shared and separate parameters: (x, y) -> (emb, emb_rec)."""
+    """A small model with shared and separate parameters: (x, y) -> (emb, emb_rec), and
+    (x, y_1, ..., y_k) -> (emb, emb_rec_1, ..., emb_rec_k)."""
 
     def __init__(self, d_in=6, d_emb=5):
         super().__init__()
         self.shared = nn.Linear(d_in, d_emb)
         self.head_rec = nn.Linear(d_emb, d_emb)
 
-    def forward(self, x, y):
-        return torch.tanh(self.shared(x)) * 3, self.head_rec(torch.tanh(self.shared(y)))
+    def forward(self, x, *ys):
+        recs = [self.head_rec(torch.tanh(self.shared(y))) for y in ys]
+        return torch.tanh(self.shared(x)) * 3, *recs
 
 
 def make_model(seed=0):
@@ -42,6 +44,62 @@ def ddp_cases(rank, world_size, shards, cases):
         loss, grads = loss_and_grads(model, x, y, **case)
         out.append((loss, {n.removeprefix("module."): g for n, g in grads.items()}))
     return out
+
+
+# The training defaults w_lpc and w_shuffled: distinct, so that a gradient that went to
+# the wrong term shows.
+WEIGHTS = (1.0, 0.5)
+
+
+def multi_losses_and_grads(model, x, ys, fused, **loss_kwargs):
+    """(k,) losses of emb against each of the k reconstructions, and the parameter
+    gradients of their WEIGHTS-weighted sum; ``fused``: one similarity_losses call, else
+    one similarity_loss call per reconstruction."""
+    model.zero_grad()
+    emb, *recs = model(x, *ys)
+    if fused:
+        losses = similarity_losses(emb, recs, **loss_kwargs)
+    else:
+        losses = torch.stack([similarity_loss(emb, rec, **loss_kwargs) for rec in recs])
+    (losses * losses.new_tensor(WEIGHTS[: len(recs)])).sum().backward()
+    return losses.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def ddp_multi_cases(rank, world_size, shards, cases):
+    """Each case on fresh DDP models, fused and separate; returns [(fused, separate)] for
+    this rank, each (losses, grads). shards[rank] is (x, y_1, ..., y_k)."""
+    x, *ys = shards[rank]
+    out = []
+    for case in cases:
+        both = []
+        for fused in (True, False):
+            model = DDP(make_model())
+            losses, grads = multi_losses_and_grads(model, x, ys, fused, **case)
+            both.append((losses, {n.removeprefix("module."): g for n, g in grads.items()}))
+        out.append(tuple(both))
+    return out
+
+
+def collectives_per_call(rank, world_size, case, calls):
+    """For each (k, fused) in ``calls``: how many collectives one loss evaluation and its
+    backward run on this rank's group, counted by the backend's sequence number (so any
+    collective API counts, and the backward's reduce-scatter too). No DDP: its own
+    all-reduce would count."""
+    gen = torch.Generator().manual_seed(rank)
+    group = torch.distributed.distributed_c10d._get_default_group()
+    counts = []
+    for k, fused in calls:
+        emb = torch.randn(3 + rank, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+        recs = [torch.randn(3 + rank, 4, generator=gen, dtype=torch.float64,
+                            requires_grad=True) for _ in range(k)]
+        before = group._get_sequence_number_for_group()
+        if fused:
+            losses = similarity_losses(emb, recs, **case)
+        else:
+            losses = torch.stack([similarity_loss(emb, rec, **case) for rec in recs])
+        losses.sum().backward()
+        counts.append(group._get_sequence_number_for_group() - before)
+    return counts
 
 
 def gather_grad(rank, world_size, rows):

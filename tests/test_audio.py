@@ -1,4 +1,5 @@
-"""workers.audio: Burg LPC against librosa, residual and envelope, feature layout, load_wav."""
+"""workers.audio and workers.burg: Burg LPC against librosa (both implementations),
+residual and envelope, feature layout, load_wav."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers import audio
+from workers import audio, burg
 
 FRAME = audio.HOP + audio.LPC_ORDER  # 180 samples: 160 new + 20 of history
 
@@ -82,13 +83,27 @@ def _librosa_rows(x: np.ndarray, order: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
-# lpc against librosa
+# lpc against librosa, for both recursions: the compiled per-frame one (the CPU's) and
+# the batched PyTorch one (accelerators'), which runs on the CPU too when asked to.
+
+IMPLEMENTATIONS = ["compiled", "batched"]
+
+
+def _use(implementation: str, monkeypatch) -> None:
+    if implementation == "batched":
+        monkeypatch.setattr(audio, "_COMPILED_DEVICES", ())
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request, monkeypatch):
+    _use(request.param, monkeypatch)
+    return request.param
 
 
 @pytest.mark.parametrize("kind", ["white", "ar2", "resonant-ar8", "speech-like",
                                   "damped-sinusoids"])
 @pytest.mark.parametrize("order", [1, 2, 8, 20, 40])
-def test_lpc_matches_librosa_float64(kind, order):
+def test_lpc_matches_librosa_float64(kind, order, impl):
     x = _signals(kind, 24)
     got = audio.lpc(torch.from_numpy(x), order)
     assert got.shape == (24, order + 1) and got.dtype == torch.float64
@@ -96,7 +111,7 @@ def test_lpc_matches_librosa_float64(kind, order):
     assert torch.all(got[:, 0] == 1)
 
 
-def test_lpc_any_leading_shape():
+def test_lpc_any_leading_shape(impl):
     x = _signals("speech-like", 24).reshape(2, 3, 4, FRAME)
     got = audio.lpc(torch.from_numpy(x), 20)
     assert got.shape == (2, 3, 4, 21)
@@ -107,7 +122,7 @@ def test_lpc_any_leading_shape():
 
 
 @pytest.mark.parametrize("kind", ["ar2", "speech-like", "resonant-ar8"])
-def test_lpc_float32_is_the_float64_result_rounded(kind):
+def test_lpc_float32_is_the_float64_result_rounded(kind, impl):
     # The recursion always runs in float64, so a float32 result differs from librosa on
     # the same (float32) samples by the final rounding: half an ulp, 6e-8 relative.
     x = _signals(kind, 24).astype(np.float32)
@@ -117,7 +132,7 @@ def test_lpc_float32_is_the_float64_result_rounded(kind):
                                rtol=1e-6, atol=1e-6)
 
 
-def test_lpc_float32_stays_accurate_on_a_ringing_filter():
+def test_lpc_float32_stays_accurate_on_a_ringing_filter(impl):
     # Nearly noiseless frames: librosa's own float32 run can be far off (even overflow);
     # this one stays within float32 rounding of the float64 answer.
     rng = np.random.default_rng(1)
@@ -128,17 +143,18 @@ def test_lpc_float32_stays_accurate_on_a_ringing_filter():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def test_ill_conditioned_frames_are_redone_directly_and_still_match():
+def test_ill_conditioned_frames_are_redone_directly_and_still_match(impl):
     # Low noise makes the fast recursion lose digits; those frames take librosa's path.
     x = _damped_sinusoids(np.random.default_rng(2), 32, noise=1e-4)
-    _, redo = audio._burg(torch.from_numpy(x), 20)
-    assert 0 < int(redo.sum()) < len(x)
-    np.testing.assert_allclose(audio.lpc(torch.from_numpy(x), 20).numpy(),
-                               _librosa_rows(x, 20), rtol=0, atol=1e-5)
+    frames = torch.from_numpy(x)
+    for _, *_, redo in (burg.burg_frames(frames, 20, False), burg.burg_batched(frames, 20)):
+        assert 0 < int(redo.sum()) < len(x)
+    np.testing.assert_allclose(audio.lpc(frames, 20).numpy(), _librosa_rows(x, 20),
+                               rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lpc_degenerate_frames_are_finite(dtype):
+def test_lpc_degenerate_frames_are_finite(dtype, impl):
     t = torch.arange(FRAME, dtype=torch.float64)
     impulse = torch.zeros(FRAME, dtype=torch.float64)
     impulse[FRAME // 2] = 1
@@ -161,18 +177,21 @@ def test_lpc_degenerate_frames_are_finite(dtype):
         assert a[row, 2:].abs().max() < 1e-6
 
 
-def test_lpc_chunks_and_redone_frames_land_in_their_rows(monkeypatch):
-    # Chunk boundaries (large inputs run in chunks) and the direct redo of some frames
-    # must keep every row in place.
-    monkeypatch.setattr(audio, "_CPU_CHUNK", 7)
+def test_redone_frames_land_in_their_rows_with_their_residual(impl):
+    # The direct redo of some frames must keep every row, and its residual, in place.
     x = np.concatenate([_signals("speech-like", 12),
                         _damped_sinusoids(np.random.default_rng(2), 12, noise=1e-4)])
     x = x[np.random.default_rng(0).permutation(len(x))]
-    np.testing.assert_allclose(audio.lpc(torch.from_numpy(x), 20).numpy(),
-                               _librosa_rows(x, 20), rtol=0, atol=1e-5)
+    want = _librosa_rows(x, 20)
+    a, e = audio.lpc_residual(torch.from_numpy(x), 20)
+    np.testing.assert_allclose(a.numpy(), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(a.numpy(), audio.lpc(torch.from_numpy(x), 20).numpy(), atol=0)
+    want_e = np.stack([scipy.signal.lfilter(ai, [1.0], xi)[20:]
+                       for ai, xi in zip(a.numpy(), x, strict=True)])
+    np.testing.assert_allclose(e.numpy(), want_e, rtol=0, atol=1e-12 * np.abs(x).max())
 
 
-def test_lpc_rows_are_independent_of_their_neighbours():
+def test_lpc_rows_are_independent_of_their_neighbours(impl):
     x = _signals("speech-like", 6)
     mixed = np.concatenate([x[:3], np.zeros((2, FRAME)), np.ones((1, FRAME)), x[3:]])
     got = audio.lpc(torch.from_numpy(mixed), 20).numpy()
@@ -197,8 +216,12 @@ def test_lpc_matches_librosa_on_random_shapes(seed, order, extra, rows):
     rng = np.random.default_rng(seed)
     n = 4 * order + extra  # Burg is well posed with a few samples per coefficient
     x = _ar(rng, rows, n, [1.0, -0.9, 0.5]) * 10.0 ** rng.uniform(-4, 4)
-    np.testing.assert_allclose(audio.lpc(torch.from_numpy(x), order).numpy(),
-                               _librosa_rows(x, order), rtol=0, atol=1e-5)
+    want = _librosa_rows(x, order)
+    for implementation in IMPLEMENTATIONS:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            _use(implementation, monkeypatch)
+            np.testing.assert_allclose(audio.lpc(torch.from_numpy(x), order).numpy(), want,
+                                       rtol=0, atol=1e-5, err_msg=implementation)
 
 
 # --------------------------------------------------------------------------------------
@@ -217,6 +240,27 @@ def test_frame_residual_is_lfilter_with_the_frame_history():
     got32 = audio.frame_residual(torch.from_numpy(x).float(), a.float()).numpy()
     bound = 1e-6 * np.abs(a.numpy()).sum(-1).max() * np.abs(x).max()
     np.testing.assert_allclose(got32, want, rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lpc_residual_is_frame_residual_of_lpc_on_overlapping_frames(dtype, impl):
+    # The production input: an unfold view whose frames share their history samples.
+    wave = torch.from_numpy(_signals("speech-like", 100).reshape(-1)[:16000]).to(dtype)
+    frames = audio.frames_for_lpc(wave, 20, 160)
+    a, e = audio.lpc_residual(frames, 20)
+    assert a.dtype == e.dtype == dtype and e.shape == (100, 160)
+    torch.testing.assert_close(a, audio.lpc(frames.contiguous(), 20), rtol=0, atol=0)
+    want = audio.frame_residual(frames.double(), a.double())
+    # float32: the residual is a small difference of terms up to |a|_1 max|x|.
+    bound = (1e-6 if dtype == torch.float32 else 1e-12) * a.abs().sum(-1).max() * wave.abs().max()
+    torch.testing.assert_close(e.double(), want, rtol=0, atol=float(bound))
+
+
+def test_lpc_takes_half_precision_frames():
+    x = torch.from_numpy(_signals("speech-like", 8)).bfloat16()
+    a = audio.lpc(x, 20)
+    assert a.dtype == torch.bfloat16
+    torch.testing.assert_close(a.float(), audio.lpc(x.float(), 20), rtol=1e-2, atol=1e-2)
 
 
 def test_frames_carry_the_previous_order_samples_as_history():

@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 import torch
-from dist_cases import gather_grad, loss_and_grads, make_model
+from dist_cases import (
+    collectives_per_call,
+    ddp_multi_cases,
+    gather_grad,
+    loss_and_grads,
+    make_model,
+    multi_losses_and_grads,
+)
 
 from losses.distributed import gather_rows
 
@@ -27,25 +34,32 @@ LAYOUTS = {  # rows per rank
 }
 
 
-def _shards(sizes, seed=0):
+def _shards(sizes, seed=0, recs=1):
+    """(x, y_1, ..., y_recs) per rank; each further y has its own spread of norms."""
     gen = torch.Generator().manual_seed(seed)
     shards = []
     for n in sizes:
         x = torch.randn(n, 6, generator=gen, dtype=torch.float64) * 2
         y = x + 0.5 * torch.randn(n, 6, generator=gen, dtype=torch.float64)
-        shards.append((x, y))
+        more = [torch.randn(n, 6, generator=gen, dtype=torch.float64) * (j + 2)
+                for j in range(recs - 1)]
+        shards.append((x, y, *more))
     return shards
 
 
-def _expected(shards, case):
-    """(loss per rank, DDP-averaged grads) computed in one process."""
+def _separate_calls(model, x, *ys, **case):
+    return multi_losses_and_grads(model, x, ys, fused=False, **case)
+
+
+def _expected(shards, case, run=loss_and_grads):
+    """(loss per rank, DDP-averaged grads) computed in one process; ``run(model, x, *ys,
+    **case)`` gives (loss, grads) on one batch."""
     model = make_model()
     if case["scope"] == "global":
-        x = torch.cat([s[0] for s in shards])
-        y = torch.cat([s[1] for s in shards])
-        loss, grads = loss_and_grads(model, x, y, **case)
+        whole = [torch.cat(parts) for parts in zip(*shards, strict=True)]
+        loss, grads = run(model, *whole, **case)
         return [loss] * len(shards), grads
-    per_rank = [loss_and_grads(model, x, y, **case) for x, y in shards]
+    per_rank = [run(model, *shard, **case) for shard in shards]
     names = per_rank[0][1]
     avg = {n: sum(g[n] for _, g in per_rank) / len(shards) for n in names}
     return [loss for loss, _ in per_rank], avg
@@ -67,6 +81,43 @@ def test_ddp_parity_every_variant(gloo_pool, layout):
             for name, want in want_grads.items():
                 torch.testing.assert_close(grads[name], want, rtol=1e-6, atol=1e-9,
                                            msg=f"grad {name} {case} rank {rank}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fused_losses_equal_separate_calls(gloo_pool, layout):
+    """similarity_losses(emb, [rec_1, rec_2]) equals two similarity_loss calls on the
+    same ranks, and the single-process result, in every loss and DDP-averaged gradient."""
+    sizes = LAYOUTS[layout]
+    shards = _shards(sizes, recs=2)
+    by_rank = gloo_pool(len(sizes)).run(ddp_multi_cases, shards, CASES)
+    for k, case in enumerate(CASES):
+        want_losses, want_grads = _expected(shards, case, run=_separate_calls)
+        for rank in range(len(sizes)):
+            (losses, grads), (sep_losses, sep_grads) = by_rank[rank][k]
+            assert losses.shape == (2,)
+            for want, what in ((sep_losses, "separate calls"), (want_losses[rank], "one process")):
+                torch.testing.assert_close(losses, want, rtol=1e-6, atol=1e-9,
+                                           msg=f"losses vs {what} {case} rank {rank}")
+            for name, want in want_grads.items():
+                for other, what in ((sep_grads[name], "separate calls"), (want, "one process")):
+                    torch.testing.assert_close(grads[name], other, rtol=1e-6, atol=1e-9,
+                                               msg=f"grad {name} vs {what} {case} rank {rank}")
+
+
+@pytest.mark.parametrize(
+    "case,per_call",
+    [  # forward: row counts, padded norms, [sim sums, count]; backward: a reduce-scatter
+        ({"similarity": "dot", "norm": "minmax"}, 4),
+        ({"similarity": "dot-legacy", "norm": "meanstd", "detach_stats": True}, 3),
+        ({"similarity": "cosine", "norm": "minmax"}, 1),  # no statistics to gather
+    ],
+)
+def test_fused_losses_use_the_collectives_of_one_call(gloo_pool, case, per_call):
+    calls = [(1, True), (2, True), (3, True), (2, False)]  # (reconstructions, fused)
+    by_rank = gloo_pool(2).run(collectives_per_call, {**case, "scope": "global"}, calls)
+    for rank, (one, two, three, separate) in enumerate(by_rank):
+        assert (one, two, three) == (per_call,) * 3, f"rank {rank}"
+        assert separate == 2 * per_call, f"rank {rank}"  # the counter sees every call
 
 
 def test_global_differs_from_local_on_unequal_shards(gloo_pool):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_loss, seed_get_dot_sim_loss
 
-from losses import similarity_loss
+from losses import similarity_loss, similarity_losses
 
 SIMILARITIES = ["cosine", "dot", "dot-legacy"]
 NORMS = ["minmax", "meanstd"]
@@ -134,6 +134,84 @@ def test_empty_batch_is_zero_and_attached():
     loss = similarity_loss(emb, torch.zeros(0, 4))
     assert loss.item() == 0.0
     loss.backward()
+    assert emb.grad is not None and emb.grad.shape == (0, 4)
+
+
+# --- similarity_losses: several reconstructions against one emb ----------------------
+
+
+def _recs(rows=7, dim=5, seed=0, k=3):
+    """emb and k reconstructions whose norms are spread differently (own statistics)."""
+    emb, first = _batch(rows, dim, seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    more = [(torch.randn(rows, dim, generator=gen, dtype=torch.float64) * (j + 2) + j)
+            .requires_grad_() for j in range(k - 1)]
+    return emb, [first, *more]
+
+
+@pytest.mark.parametrize("similarity,norm,detach", VARIANTS)
+@pytest.mark.parametrize("scope", ["local", "global"])  # no process group: scopes coincide
+def test_losses_equal_separate_calls_and_reference(similarity, norm, detach, scope):
+    emb, recs = _recs()
+    kwargs = {"similarity": similarity, "norm": norm, "scope": scope, "detach_stats": detach}
+    got = similarity_losses(emb, recs, **kwargs)
+    separate = torch.stack([similarity_loss(emb, rec, **kwargs) for rec in recs])
+    reference = torch.stack(
+        [reference_loss(emb, rec, similarity, norm, detach_stats=detach) for rec in recs]
+    )
+    assert got.shape == (len(recs),)
+    inputs = (emb, *recs)
+    for want in (separate, reference):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for j in range(len(recs)):  # each term's gradient on its own
+            got_grads = torch.autograd.grad(got[j], inputs, retain_graph=True, allow_unused=True)
+            want_grads = torch.autograd.grad(want[j], inputs, retain_graph=True,
+                                             allow_unused=True)
+            for g, w in zip(got_grads, want_grads, strict=True):
+                if w is None:  # a reconstruction that term j does not read
+                    assert g is None or not g.any()
+                else:
+                    torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("similarity,norm", list(itertools.product(SIMILARITIES, NORMS)))
+def test_losses_gradcheck_float64(similarity, norm):
+    emb, recs = _recs(rows=5, dim=4, seed=1, k=2)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: similarity_losses(a, [b, c], similarity=similarity, norm=norm),
+        (emb, *recs),
+    )
+
+
+def test_losses_of_one_reconstruction_is_the_loss():
+    emb, emb_rec = _batch()
+    got = similarity_losses(emb, (emb_rec,))
+    assert got.shape == (1,)
+    assert got[0].item() == similarity_loss(emb, emb_rec).item()
+
+
+@pytest.mark.parametrize(
+    "recs,match",
+    [
+        ([], "at least one reconstruction"),
+        ([torch.randn(7, 5), torch.randn(6, 5)], r"emb_recs\[1\] must both be .* same shape"),
+        ([torch.randn(7, 5), torch.ones(7, 5, dtype=torch.long)], r"emb_recs\[1\] must be floa"),
+        (torch.randn(7, 5), "not one tensor"),
+    ],
+)
+def test_losses_bad_reconstructions_are_rejected(recs, match):
+    with pytest.raises(ValueError, match=match):
+        similarity_losses(torch.randn(7, 5), recs)
+
+
+def test_losses_low_precision_and_empty_batch():
+    emb, recs = _recs(rows=16, dim=8, k=2)
+    low = similarity_losses(emb.detach().bfloat16(), [r.detach().bfloat16() for r in recs])
+    assert low.dtype == torch.float32 and low.shape == (2,)
+    emb = torch.zeros(0, 4, requires_grad=True)
+    losses = similarity_losses(emb, [torch.zeros(0, 4), torch.zeros(0, 4)])
+    assert losses.tolist() == [0.0, 0.0]
+    losses.sum().backward()
     assert emb.grad is not None and emb.grad.shape == (0, 4)
 
 

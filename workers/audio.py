@@ -13,14 +13,10 @@ each (..., frames, n_mels), time-major (frames are the encoder's tokens). LPC fr
 history is zeros): 100 frames per 1 s clip, against the 101 centred mel frames, so the
 formant sequence is padded with a copy of its last frame.
 
-``lpc`` is Burg's method, equal to ``librosa.lpc`` row by row, batched over any leading
-shape without a loop over frames. Instead of updating whole error vectors at every order
-it runs the fast Burg recursion (K. Vos, "A Fast Implementation of Burg's Method", 2013):
-one pass over each frame for its autocorrelation, then O(order) numbers per frame and
-order. That recursion works on sums of products of the signal whose differences are the
-(small) prediction errors, so it always runs in float64 and casts back at the end; the
-few frames where even float64 is too short for it (nearly noiseless ones) are redone with
-librosa's direct recursion.
+``lpc`` is Burg's method, equal to ``librosa.lpc`` row by row, over any leading shape
+without a Python loop over frames: the fast recursion of ``workers.burg``, compiled per
+frame on the CPU and batched PyTorch operations on accelerators. ``lpc_residual`` returns
+the prediction error too, from the same pass.
 """
 
 from __future__ import annotations
@@ -35,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from workers import burg
+
 SAMPLE_RATE = 16_000
 CLIP_SAMPLES = 16_000  # 1 s clips
 N_MELS = 40
@@ -43,20 +41,11 @@ N_FFT = 400  # 25 ms window
 LPC_ORDER = 20
 LOG_FLOOR = 1e-6  # log(mel + LOG_FLOOR): silence maps to log(1e-6), not -inf
 
-# A frame whose Burg error energy has fallen below this fraction of its starting value is
-# predicted exactly (silence, a constant, a pure tone): its remaining reflection
-# coefficients are round-off, so they are set to 0 instead.
-_EXHAUSTED = 1e-13
-# The fast recursion's rounding error, relative to Burg's final error energy, is about
-# eps * |a|_1^2 * E_0 / E_order; above this (a nearly noiseless frame, e.g. a ringing
-# filter in float audio) the frame is redone with the direct recursion, as librosa runs it.
-_ILL_CONDITIONED = 1e-8
-# Frames per pass of the Burg recursion on a CPU: enough to amortise the ~20 small
-# operations per order (measured: 2048-4096 best), few enough to bound the working memory.
-_CPU_CHUNK = 4096
 # Smallest |A(e^jw)|^2 of the envelope: a zero on the unit circle (a constant frame has
 # A = 1 - z^-1) caps the envelope at +100 dB over the error power instead of dividing by 0.
 _MIN_A_POWER = 1e-10
+# Where LPC runs the compiled per-frame recursion; elsewhere (CUDA) the batched one.
+_COMPILED_DEVICES = ("cpu",)
 
 
 # --------------------------------------------------------------------------------------
@@ -73,6 +62,21 @@ def lpc(x: torch.Tensor, order: int) -> torch.Tensor:
     constant, a pure tone) get zeros for the remaining reflection coefficients; the result
     is always finite for finite input.
     """
+    a, _ = _lpc(x, order, residual=False)
+    return a
+
+
+def lpc_residual(frames: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lpc`` of each frame and its prediction error, in one pass over the frames.
+
+    frames (..., hop + order) -> a (..., order + 1) and e (..., hop), both in frames'
+    dtype: e = ``frame_residual(frames, a)``, the first ``order`` samples as history.
+    """
+    a, e = _lpc(frames, order, residual=True)
+    return a, e
+
+
+def _lpc(x: torch.Tensor, order: int, residual: bool):
     n = x.shape[-1]
     order = operator.index(order)
     if not 1 <= order < n:
@@ -80,95 +84,25 @@ def lpc(x: torch.Tensor, order: int) -> torch.Tensor:
             f"lpc order must be in [1, {n - 1}] for frames of {n} samples, got {order}")
     if not x.is_floating_point():
         raise TypeError(f"lpc needs a floating-point tensor, got {x.dtype}")
-    frames = x.reshape(-1, n).to(torch.float64)  # (B, n)
-    if len(frames) == 0:
-        return x.new_zeros(*x.shape[:-1], order + 1)
-    step = _CPU_CHUNK if frames.device.type == "cpu" else len(frames)
-    parts = [_burg(chunk, order) for chunk in frames.split(step)]
-    a = torch.cat([coefficients for coefficients, _ in parts])  # (B, order + 1)
-    redo = torch.cat([inexact for _, inexact in parts]).nonzero().squeeze(1)
+    lead = x.shape[:-1]
+    if x.numel() == 0:
+        return x.new_zeros(*lead, order + 1), x.new_zeros(*lead, n - order)
+    frames = x.reshape(-1, n)
+    if frames.device.type in _COMPILED_DEVICES:
+        if frames.dtype not in (torch.float32, torch.float64):
+            frames = frames.float()  # numpy has no bfloat16
+        a, e, redo = burg.burg_frames(frames, order, residual)
+    else:
+        (a, redo), e = burg.burg_batched(frames.double(), order), None
+    redo = redo.nonzero().squeeze(1)
     if len(redo):
-        a[redo] = _burg_direct(frames[redo], order)
-    return a.to(x.dtype).reshape(*x.shape[:-1], order + 1)
-
-
-def _autocorrelation(x: torch.Tensor, order: int) -> torch.Tensor:
-    """(B, n) -> (order + 1, B): c[l] = sum_n x[n] x[n + l]."""
-    n = x.shape[-1]
-    return torch.stack([torch.linalg.vecdot(x[:, : n - lag], x[:, lag:])
-                        for lag in range(order + 1)])
-
-
-def _burg(x: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fast Burg recursion on (B, n) float64 frames -> (B, p + 1) coefficients and a (B,)
-    mask of the frames whose result is too inexact (see ``_ILL_CONDITIONED``).
-
-    At order m (1..p), with alpha = [a^(m-1), 0] and J the reversal of m + 1 entries,
-    Burg's reflection coefficient is k = -(alpha . J g) / (alpha . g), where
-    g = Phi alpha and Phi[i, j] = sum_{t=m}^{n-1} x[t-i] x[t-j] + x[t-m+i] x[t-m+j]:
-    alpha . g = sum f^2 + b^2 and alpha . J g = 2 sum f b over Burg's window of forward
-    and backward errors f, b. From order m to m + 1, Phi loses the rank-2 term of its
-    first and last window samples and gains a row, the first row of the next Phi
-    (r below), so g follows in O(m) per frame:
-        g <- g + k J g - x_h (x_h . a) - x_t (x_t . a),   append r . a,
-    with x_h = x[m], ..., x[0] and x_t = x[n-1-m], ..., x[n-1]. Vectors are stored
-    (entries, B) so that every operation runs along the batch.
-    """
-    n = x.shape[-1]
-    c = _autocorrelation(x, p)  # (p+1, B)
-    edges = torch.cat([x[:, : p + 1], x[:, n - 1 - p:]], dim=1).T.contiguous()
-    head, tail = edges[: p + 1], edges[p + 1:]  # x[0..p], x[n-1-p..n-1]: (p+1, B)
-    # Right-aligned so that order m reads the slice [p - m:] of every row:
-    # w[0] = x_h, w[1] = x_t, w[2] = r (Phi's first row, reversed, starting as 2c).
-    edge_rows = x.new_zeros(3, p + 1, x.shape[0])
-    edge_rows[0] = head.flip(0)
-    edge_rows[1] = tail
-    edge_rows[2, 1:] = 2 * c[1:].flip(0)
-    tail_reversed = tail.flip(0)  # x[n-1], x[n-2], ...
-
-    state = x.new_zeros(2, p + 1, x.shape[0])  # [alpha, g], the first m + 1 entries in use
-    state[0, 0] = 1
-    state[1, 0] = 2 * c[0] - head[0].square() - tail[-1].square()
-    state[1, 1] = 2 * c[1]
-    start = state[1, 0].clone()
-    floor = start * _EXHAUSTED
-    for m in range(1, p + 1):
-        s = state[:, : m + 1]
-        flipped = s.flip(1)
-        two_fb = torch.linalg.vecdot(s[0], flipped[1], dim=0)
-        energy = torch.linalg.vecdot(s[0], s[1], dim=0)
-        # -k; Burg's |k| <= 1 holds exactly, the clamp only guards round-off.
-        minus_k = torch.where(energy > floor, two_fb / energy, 0).clamp_(-1, 1)
-        s.addcmul_(flipped, minus_k, value=-1)  # alpha + k J alpha and g + k J g at once
-        if m == p:
-            break  # `energy` is now the last order's, the smallest
-        w = edge_rows[:, p - m:]
-        w[2, 1:].addcmul_(head[:m], head[m], value=-1)
-        w[2, 1:].addcmul_(tail_reversed[:m], tail[p - m], value=-1)
-        dots = (w * s[0]).sum(1)  # (3, B): x_h . a, x_t . a, r . a
-        s[1].addcmul_(w[0], dots[0], value=-1).addcmul_(w[1], dots[1], value=-1)
-        state[1, m + 1] = dots[2]
-    a = state[0]
-    rounding = torch.finfo(x.dtype).eps * a.abs().sum(0).square() * start
-    return a.T, (rounding > _ILL_CONDITIONED * energy) & (start > 0)
-
-
-def _burg_direct(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Burg's recursion on whole error vectors, as ``librosa.lpc`` runs it (Marple 1980):
-    (B, n) float64 frames -> (B, p + 1). O(n) per frame and order: the fallback."""
-    fwd, bwd = x[:, 1:], x[:, :-1]  # f_0[t+1] and b_0[t]
-    den = (fwd.square() + bwd.square()).sum(-1)
-    floor = den * _EXHAUSTED
-    a = x.new_zeros(x.shape[0], p + 1)
-    a[:, 0] = 1
-    for i in range(p):
-        k = torch.where(den > floor, -2 * torch.linalg.vecdot(fwd, bwd) / den, 0)
-        k = k.clamp_(-1, 1)[:, None]
-        a[:, 1 : i + 2] += k * a[:, : i + 1].flip(-1)
-        fwd, bwd = fwd + k * bwd, bwd + k * fwd
-        den = (1 - k[:, 0].square()) * den - bwd[:, -1].square() - fwd[:, 0].square()
-        fwd, bwd = fwd[:, 1:], bwd[:, :-1]
-    return a
+        a[redo] = burg.burg_direct(frames[redo].double(), order)
+    if residual and e is None:
+        e = frame_residual(frames, a)
+    elif residual and len(redo):
+        e[redo] = frame_residual(frames[redo], a[redo])
+    a = a.to(x.dtype).reshape(*lead, order + 1)
+    return a, e.to(x.dtype).reshape(*lead, n - order) if residual else None
 
 
 def frames_for_lpc(wave: torch.Tensor, order: int, hop: int = HOP) -> torch.Tensor:
@@ -190,12 +124,6 @@ def frame_residual(frames: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """
     length, order = frames.shape[-1], a.shape[-1] - 1
     a = a.to(frames.dtype)
-    if frames.device.type == "cpu" and frames.dtype == torch.float32:
-        # oneDNN's grouped convolution (one group per frame) is 3x faster than the loop.
-        flat = frames.reshape(1, -1, length)  # (1, B, hop + order)
-        kernel = a.reshape(-1, 1, order + 1).flip(-1)
-        e = F.conv1d(flat, kernel, groups=flat.shape[1])  # (1, B, hop)
-        return e.reshape(*frames.shape[:-1], length - order)
     e = frames[..., order:] * a[..., :1]
     for k in range(1, order + 1):
         e.addcmul_(frames[..., order - k : length - k], a[..., k : k + 1])
@@ -261,9 +189,7 @@ def _envelope_log_mel(a: torch.Tensor, e: torch.Tensor, frames: int, *, sample_r
 
 def _analyse(wave: torch.Tensor, order: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., samples) -> a (..., T, order + 1) float32, e (..., T, hop) float32."""
-    frames = frames_for_lpc(wave.to(torch.float32), order, hop)
-    a = lpc(frames, order)
-    return a, frame_residual(frames, a)
+    return lpc_residual(frames_for_lpc(wave.to(torch.float32), order, hop), order)
 
 
 def formant_envelope(wave: torch.Tensor, order: int = LPC_ORDER, *,

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from losses import similarity_loss
+from losses import similarity_losses
 from workers.config import RunConfig
 from workers.data import FEATURES, Prepared, Split, load_prepared
 from workers.model import KeywordModel
@@ -184,8 +184,8 @@ def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankC
                 + emb_residual[torch.as_tensor(local.residual_partner, device=ctx.device)])
     loss_kwargs = {"similarity": cfg.similarity, "norm": cfg.norm, "scope": cfg.scope,
                    "eps": cfg.eps, "detach_stats": cfg.detach_stats}
-    lpc = similarity_loss(emb, emb_rec, **loss_kwargs)
-    shuf = similarity_loss(emb, shuffled, **loss_kwargs)
+    # both terms in one call: in global scope they share one set of collectives
+    lpc, shuf = similarity_losses(emb, [emb_rec, shuffled], **loss_kwargs).unbind()
     total = ce + cfg.w_lpc * lpc + cfg.w_shuffled * shuf
     optimizer.zero_grad(set_to_none=True)
     total.backward()
