@@ -10,9 +10,10 @@ statistics of a set S of samples (min-max or mean/std). The per-sample similarit
 
 and the loss is 1 - mean over S of sim_i. With ``scope="global"``, S is the union of all
 ranks' batches; the only communication is in ``losses.distributed``: per call, one
-gather of the per-sample norms (row counts, then the padded norms; a reduce-scatter in
-backward) and one all-reduce of [sim sums, count]. ``similarity_losses`` computes several
-reconstructions' losses against one emb with that one set of collectives.
+gather of the per-sample norms (row counts, then the padded norms; an all-reduce of
+their gradient in backward) and one all-reduce of [sim sums, count].
+``similarity_losses`` computes several reconstructions' losses against one emb with that
+one set of collectives.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def ddp_multi_cases(rank, world_size, shards, cases):
 def collectives_per_call(rank, world_size, case, calls):
     """For each (k, fused) in ``calls``: how many collectives one loss evaluation and its
     backward run on this rank's group, counted by the backend's sequence number (so any
-    collective API counts, and the backward's reduce-scatter too). No DDP: its own
+    collective API counts, and the backward's all-reduce too). No DDP: its own
     all-reduce would count."""
     gen = torch.Generator().manual_seed(rank)
     group = torch.distributed.distributed_c10d._get_default_group()

@@ -47,3 +47,16 @@ def test_every_field_is_documented():
 
     docs = field_docs()
     assert {f.name for f in dataclasses.fields(RunConfig)} == set(docs)
+
+
+def test_bf16_is_a_gpu_switch():
+    import torch
+
+    from orchestrator.cli import build_config
+    from workers.train import RankContext, _autocast
+
+    assert RunConfig().bf16 and not build_config({"bf16": False}).bf16
+    cpu = RankContext(0, 1, torch.device("cpu"))
+    with _autocast(RunConfig(gpu=True, bf16=True), cpu):
+        # CPU workers always run float32, whatever the switch says
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

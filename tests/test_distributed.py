@@ -106,7 +106,8 @@ def test_fused_losses_equal_separate_calls(gloo_pool, layout):
 
 @pytest.mark.parametrize(
     "case,per_call",
-    [  # forward: row counts, padded norms, [sim sums, count]; backward: a reduce-scatter
+    # forward: row counts, padded norms, [sim sums, count]; backward: a gradient all-reduce
+    [
         ({"similarity": "dot", "norm": "minmax"}, 4),
         ({"similarity": "dot-legacy", "norm": "meanstd", "detach_stats": True}, 3),
         ({"similarity": "cosine", "norm": "minmax"}, 1),  # no statistics to gather

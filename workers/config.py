@@ -79,6 +79,9 @@ class RunConfig:
     """Ray Train workers (DDP ranks)."""
     gpu: bool = False
     """One GPU per worker (nccl, bf16 autocast) instead of CPU (gloo, float32)."""
+    bf16: bool = True
+    """bf16 autocast on GPU workers; --no-bf16 trains in float32 there (CPU workers always
+    run float32, where bf16 is slower)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker (fractions allowed, so sweeps fit small machines)."""
     threads_per_worker: int = 0

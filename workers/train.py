@@ -242,7 +242,7 @@ def _set_lr(optimizer, cfg: RunConfig, step: int, total_steps: int) -> None:
 def _autocast(cfg: RunConfig, ctx: RankContext):
     # bf16 on GPU (no loss scaling needed); float32 on CPU, where bf16 is slower
     return torch.autocast(ctx.device.type, dtype=torch.bfloat16,
-                          enabled=cfg.gpu and ctx.device.type == "cuda")
+                          enabled=cfg.gpu and cfg.bf16 and ctx.device.type == "cuda")
 
 
 def _mean_over_ranks(values: torch.Tensor, ctx: RankContext) -> torch.Tensor:
