@@ -6,15 +6,14 @@ empty, not audio) stops `prepare` with its name and nothing is written; clips in
 formats (8/24/32-bit, float, other rates, stereo, longer than 1 s) are converted.
 """
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soundfile
 import yaml
+from prepared_damage import damaged_copy
 
 from orchestrator.cli import main
 from workers import synth
@@ -88,16 +87,7 @@ def _bad_file_name(tmp, sc, prep):
 
 def _damaged_prepared(kind):
     def setup(tmp, sc, prep):
-        copy = _copy(prep, tmp / "prep")
-        meta = json.loads((copy / "meta.json").read_text())
-        shard = copy / meta["shards"]["train"][0]
-        if kind == "missing_shard":
-            shard.unlink()
-        elif kind == "wrong_schema":
-            pq.write_table(pq.read_table(shard).drop_columns(["residual"]), shard)
-        elif kind == "meta_changed":
-            meta["counts"]["train"] = 999
-            (copy / "meta.json").write_text(json.dumps(meta))
+        copy = damaged_copy(prep, tmp / "prep", kind)
         return ["train", "--data", str(copy), "--storage-path", str(tmp / "runs")]
     return setup
 
@@ -142,7 +132,7 @@ CASES = [
     ("file name not <speaker>_nohash_<n>.wav", _bad_file_name, "does not follow"),
     ("prepared folder lacks a shard", _damaged_prepared("missing_shard"), "missing shard"),
     ("shard with a wrong schema", _damaged_prepared("wrong_schema"), "unexpected schema"),
-    ("meta.json changed", _damaged_prepared("meta_changed"), "meta.json says"),
+    ("meta.json changed", _damaged_prepared("count_changed"), "meta.json says"),
     ("batch not divisible by workers", _train("--batch-size", "24", "--workers", "4"),
      "do not split evenly over 4 workers"),
     ("batch size zero", _train("--batch-size", "0"), "batch_size must be > 0"),

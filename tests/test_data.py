@@ -9,6 +9,7 @@ import pytest
 import soundfile
 import torch
 from conftest import SMALL_CORPUS
+from prepared_damage import DAMAGES, damaged_copy
 
 from orchestrator.prepare import prepare
 from workers import synth
@@ -105,29 +106,9 @@ def test_failed_prepare_cleans_up(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["sc"]
 
 
-@pytest.mark.parametrize("damage", ["missing_shard", "wrong_schema", "count_changed",
-                                    "no_meta", "bad_json", "old_format"])
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_damaged_prepared_folder_is_refused(small_prepared, tmp_path, damage):
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(small_prepared, copy)
-    meta = json.loads((copy / "meta.json").read_text())
-    shard = copy / meta["shards"]["validation"][0]
-    if damage == "missing_shard":
-        shard.unlink()
-    elif damage == "wrong_schema":
-        pq.write_table(pq.read_table(shard).drop_columns(["formant"]), shard)
-    elif damage == "count_changed":
-        meta["counts"]["validation"] += 1
-        (copy / "meta.json").write_text(json.dumps(meta))
-    elif damage == "no_meta":
-        (copy / "meta.json").unlink()
-    elif damage == "bad_json":
-        (copy / "meta.json").write_text("{")
-    elif damage == "old_format":
-        meta["format_version"] = 0
-        (copy / "meta.json").write_text(json.dumps(meta))
+    copy = damaged_copy(small_prepared, tmp_path / "copy", damage, split="validation")
     with pytest.raises(PreparedDataError, match="prepare"):
         load_prepared(copy)
 
