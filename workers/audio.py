@@ -72,8 +72,7 @@ def lpc_residual(frames: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.
     frames (..., hop + order) -> a (..., order + 1) and e (..., hop), both in frames'
     dtype: e = ``frame_residual(frames, a)``, the first ``order`` samples as history.
     """
-    a, e = _lpc(frames, order, residual=True)
-    return a, e
+    return _lpc(frames, order, residual=True)
 
 
 def _lpc(x: torch.Tensor, order: int, residual: bool):

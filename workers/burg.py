@@ -7,7 +7,7 @@ needs only O(order) numbers per frame and order:
 
 - ``burg_frames``: the fast recursion fused per frame, compiled by numba, on the CPU. One
   pass per frame keeps every intermediate in L1; it also returns the frame's residual,
-  which the features need anyway. 5x faster than ``burg_batched`` on one CPU thread.
+  which the features need anyway. 3.5x faster than ``burg_batched`` on one CPU thread.
 - ``burg_batched``: the same recursion as PyTorch operations along a batch of frames, for
   accelerators (and any device torch runs on).
 - ``burg_direct``: the recursion on whole error vectors, as librosa runs it: the fallback
