@@ -47,11 +47,11 @@ def bare_noop(workers: int, cpus_per_worker: float, storage: str) -> float:
 
 def first_metric_seconds(sweep_dir: Path) -> pd.Series:
     """Per trial: Tune's time from the trial's start to its first result."""
-    rows = {}
-    for progress in (sweep_dir / sweeps.TUNE_NAME).glob("*/progress.csv"):
-        frame = pd.read_csv(progress)
-        rows[progress.parent.name] = float(frame["time_this_iter_s"].iloc[0])
-    return pd.Series(rows)
+    from ray import tune
+
+    analysis = tune.ExperimentAnalysis(str(sweep_dir / sweeps.TUNE_NAME))
+    return pd.Series({trial: float(frame["time_this_iter_s"].iloc[0])
+                      for trial, frame in analysis.trial_dataframes.items()})
 
 
 def main():

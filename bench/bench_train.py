@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import workers.train as wt
+from losses import similarity_losses
 from workers.config import RunConfig
 from workers.data import load_prepared
 from workers.sampler import epoch_batches
@@ -77,19 +78,19 @@ def _epochs_rank(rank, world_size, init_file, cfg_dict, out):
 def _steps_rank(rank, world_size, init_file, cfg_dict, blocks, block_steps, out):
     cfg = RunConfig.from_dict(cfg_dict)
     ctx, train, ddp, optimizer = _setup_rank(rank, world_size, init_file, cfg)
-    real = wt.similarity_losses
     batches = epoch_batches(train.labels.numpy(), classes_per_batch=cfg.groups_per_batch,
                             clips_per_class=cfg.clips_per_class, seed=cfg.seed, epoch=0)
     seconds = {name: [] for name in STEP_VARIANTS}
     step = 0
     for block in range(blocks):
         for name, (scope, zero) in STEP_VARIANTS.items():
-            wt.similarity_losses = _zero_losses if zero else real  # train_step looks it up
+            loss_fn = _zero_losses if zero else similarity_losses
             variant = cfg.replace(scope=scope)
             for _ in range(block_steps):
                 local = batches[step % len(batches)].for_rank(ctx.rank, ctx.world_size)
+                batch = wt.gather_batch(train, local, ctx)
                 start = time.perf_counter()
-                wt.train_step(ddp, optimizer, train, local, variant, ctx, (0, step))
+                wt.train_step(ddp, optimizer, batch, variant, ctx, (0, step), loss_fn=loss_fn)
                 if block:  # the first block warms up
                     seconds[name].append(time.perf_counter() - start)
                 step += 1
@@ -118,10 +119,10 @@ def step_times(cfg: RunConfig, blocks: int, block_steps: int) -> dict[str, list[
 
 
 def ray_train(cfg: RunConfig) -> tuple[list[dict], float]:
-    from orchestrator.launch import run_training
+    from orchestrator.launch import launch
 
     start = time.perf_counter()
-    summary = run_training(cfg, progress=False)
+    summary = launch(cfg, progress=False)
     return summary["history"], time.perf_counter() - start
 
 

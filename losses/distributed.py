@@ -17,9 +17,17 @@ ProcessGroup = dist.ProcessGroup
 
 
 def world_size(group: ProcessGroup | None) -> int:
-    """Number of ranks in ``group`` (the default group when None); 1 without a process group."""
+    """Number of ranks in ``group`` (the default group when None); 1 without a process group.
+
+    A process outside ``group`` is refused: torch answers -1 there, which would give it the
+    loss's value with its gradient's sign flipped, and the group's ranks never see it.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return 1
+    if dist.get_rank(group) < 0:
+        raise ValueError(
+            f"this process (rank {dist.get_rank()}) is not a member of the process group "
+            "passed as `group`; a global loss needs every member of it, and only them")
     return dist.get_world_size(group)
 
 

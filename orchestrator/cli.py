@@ -1,7 +1,9 @@
 """The ``dotsim`` command line: a thin Click group over plain functions.
 
-User errors (bad options, bad data, an unreachable cluster) exit with code 2 and one line
-on stderr; a failed run exits with 1. Set DOTSIM_DEBUG=1 to see tracebacks.
+User errors (``InputError``: bad options, bad data, an unreachable cluster, a run folder
+of another config) exit with code 2 and one line on stderr; anything else that fails
+exits with 1 and one line; Ctrl-C exits with 130 and says how to resume. Set
+DOTSIM_DEBUG=1 to see tracebacks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 import click
 
 from orchestrator import variants as sweep_variants
+from workers import storage
 from workers.config import RunConfig, field_docs
+from workers.errors import InputError
 
 
 class UserError(click.ClickException):
@@ -58,18 +62,14 @@ def config_options(func):
 
 def build_config(options: dict) -> RunConfig:
     """RunConfig from the options the user gave (None means: RunConfig's default)."""
-    given = {k: v for k, v in options.items() if v is not None}
-    try:
-        return RunConfig(**given)
-    except ValueError as err:
-        raise UserError(str(err)) from err
+    return RunConfig(**{k: v for k, v in options.items() if v is not None})
 
 
 def address_option(func):
     return click.option(
         "--address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
-        help="Ray cluster to run on (e.g. ray://HEAD:10001 or HEAD:6379); without it dotsim "
-             "starts a private local Ray.",
+        help="Ray cluster to run on (HEAD:6379, the head node's GCS address); without it "
+             "dotsim starts a private local Ray.",
     )(func)
 
 
@@ -77,13 +77,13 @@ def address_option(func):
 
 
 class DotsimGroup(click.Group):
-    """Turns bad input found below the CLI layer (a ValueError from the config, the data
-    or the source folder; an unreachable cluster) into a UserError: exit 2, one line."""
+    """Turns dotsim's own ``InputError`` (raised by its checks of options, data, folders
+    and addresses) into a UserError: exit 2, one line. Nothing else is a user error."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ValueError, FileNotFoundError, ConnectionError) as err:
+        except InputError as err:
             if os.environ.get("DOTSIM_DEBUG"):
                 raise
             raise UserError(_one_line(err)) from err
@@ -168,8 +168,11 @@ def train(address, dashboard, as_json, **options):
     """Train the keyword encoder with DDP workers on Ray Train.
 
     Without --data, the synthetic corpus is prepared once into ~/.cache/dotsim and reused.
-    Re-running with the same --run-name (and --storage-path) resumes the run from its
-    last checkpoint. Prints one line per epoch on stderr.
+    The run folder is named after the variant, the seed and a hash of every option that
+    changes results (or --run-name). The same command again resumes an unfinished run
+    from its last checkpoint, and prints a finished run's results without training; a
+    run folder is never reused by different options (exit 2). Ctrl-C stops the run and
+    prints the command that resumes it. Prints one line per epoch on stderr.
 
     \b
     Example:
@@ -180,13 +183,22 @@ def train(address, dashboard, as_json, **options):
     if cfg.gpu and not address and not _local_gpu():
         raise UserError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
                         "--address of a GPU cluster")
-    from orchestrator.launch import ray_session, run_training
+    from orchestrator.launch import RunInterrupted, launch, named, ray_session
 
-    cfg = _resolve_data(cfg)
+    cfg = named(_resolve_data(cfg))
     with ray_session(address, num_cpus=_local_cpus(cfg), dashboard=dashboard):
         if not address:  # a cluster behind --address may autoscale to what is missing
             _check_resources(cfg)
-        summary = run_training(cfg)
+        try:
+            summary = launch(cfg)
+        except RunInterrupted as stopped:
+            click.echo(f"dotsim: {stopped}; resume it: "
+                       f"{_resume_command(click.get_current_context(), cfg.run_name)}",
+                       err=True)
+            sys.exit(130)
+    if summary["already_finished"]:
+        click.echo(f"dotsim: run {cfg.run_name} had already finished with these options: its "
+                   "results, nothing trained (another --run-name trains anew)", err=True)
     if as_json:
         click.echo(json.dumps(summary, default=str))
     else:
@@ -233,7 +245,10 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     The default grid is cosine plus dot x {minmax, meanstd} x {global, local}, 3 seeds
     each. Every trial trains with Ray Train; progress is in TensorBoard
     (tensorboard --logdir SWEEP_DIR) and, with --dashboard, the Ray Dashboard. Stop it any
-    time and continue with --resume SWEEP_DIR: finished trials are not run again.
+    time (Ctrl-C, exit 130) and continue with --resume SWEEP_DIR: finished trials are not
+    run again. A trial that fails is listed with its error, kept in results.parquet and
+    the report as failed, and the sweep exits 1 once the others are done; --resume
+    re-runs failed trials from their last checkpoint.
 
     \b
     Example:
@@ -248,8 +263,8 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     if resume_dir is not None:
         definition = sweeps.read_definition(resume_dir)
         base = RunConfig.from_dict(definition["base"])
-        with _interruptible(), ray_session(address, num_cpus=_local_cpus(base),
-                                           dashboard=dashboard):
+        with _sweep_endings(resume_dir, as_json), ray_session(
+                address, num_cpus=_local_cpus(base), dashboard=dashboard):
             sweeps.resume_sweep(resume_dir)
         return _print_report(resume_dir, as_json)
 
@@ -266,12 +281,12 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     base = _resolve_data(base)
     if sizes:
         base = base.replace(dropout=0.0)
-    storage = Path(base.storage_path or default_storage()).expanduser().resolve()
-    folder = storage / (name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    folder = storage.join(storage.resolve(base.storage_path or default_storage()),
+                          name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
     click.echo(f"Sweep of {len(trials)} trials in {folder}\n"
                f"  live curves: tensorboard --logdir {folder}", err=True)
-    with _interruptible(), ray_session(address, num_cpus=_local_cpus(base),
-                                       dashboard=dashboard):
+    with _sweep_endings(folder, as_json), ray_session(address, num_cpus=_local_cpus(base),
+                                                      dashboard=dashboard):
         if sizes:
             base = base.replace(cpus_per_worker=_study_cpus(base, max(sizes)))
         # a cluster behind --address may autoscale: its resources now are not its limit
@@ -282,8 +297,9 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
 
 @cli.command()
 @click.argument("sweep_dir", type=click.Path(path_type=Path))
-@click.option("--baseline", default="cosine", show_default=True,
-              help="Variant the others are compared with, paired by seed.")
+@click.option("--baseline", default=None,
+              help="Variant the others are compared with, paired by seed [default: cosine "
+                   "if the sweep has it, else its first variant].")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown",
               show_default=True, help="Output format on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -338,11 +354,15 @@ def submit(args, address, no_wait, working_dir):
         else:
             click.echo("stopped" if client.stop_job(job_id) else "not running")
         return
-    job_id, status = jobs.submit(address, args, working_dir=working_dir or None,
-                                 wait=not no_wait)
-    click.echo(job_id if status is None else f"job {job_id}: {status.value}", err=status
-               is not None)
-    if status is not None and status.value != "SUCCEEDED":
+    client, job_id = jobs.submit(address, args, working_dir=working_dir or None)
+    # at once, as `ray job submit` does: Ctrl-C or a dropped tunnel must not lose the id
+    click.echo(jobs.job_commands(job_id, address), err=True)
+    if no_wait:
+        click.echo(job_id)
+        return
+    status = jobs.follow(client, job_id)
+    click.echo(f"job {job_id}: {status.value}", err=True)
+    if status.value != "SUCCEEDED":
         sys.exit(1)
 
 
@@ -412,20 +432,48 @@ def _resolve_data(cfg: RunConfig) -> RunConfig:
     if cfg.data is None:
         return cfg.replace(data=str(ensure_synthetic()))
     path = Path(cfg.data).expanduser().resolve()
-    check_prepared(path)  # PreparedDataError (a ValueError) names what is wrong
+    check_prepared(path)  # PreparedDataError (an InputError) names what is wrong
     return cfg.replace(data=str(path))
 
 
+def _resume_command(ctx: click.Context, run_name: str) -> str:
+    """``dotsim train`` with the options the user gave on the command line (not those
+    from the environment, which the next shell has too) and the run's name."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    words = ["dotsim", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if (param.name == "run_name" or value is None
+                or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE):
+            continue
+        if param.is_flag:
+            flags = param.opts if value else param.secondary_opts
+            words += flags[:1]
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join([*words, "--run-name", run_name])
+
+
 @contextlib.contextmanager
-def _interruptible():
-    """An interrupted sweep: one line saying how to resume it, exit code 130."""
-    from orchestrator.sweep import SweepInterrupted
+def _sweep_endings(sweep_dir: str, as_json: bool):
+    """An interrupted sweep: one line saying how to resume it, exit code 130. A sweep with
+    failed trials: the report (results are written), each failure's last line, exit 1."""
+    from orchestrator.sweep import SweepFailed, SweepInterrupted
 
     try:
         yield
     except SweepInterrupted as stopped:
         click.echo(f"dotsim: {stopped}", err=True)
         sys.exit(130)
+    except SweepFailed as failed:
+        _print_report(sweep_dir, as_json)
+        for outcome in failed.trials:
+            click.echo(f"dotsim: trial {outcome.name} failed: {outcome.error}", err=True)
+        click.echo(f"dotsim: {failed}", err=True)
+        sys.exit(1)
 
 
 def _world_sizes(text: str) -> list[int]:
@@ -446,13 +494,13 @@ def _study_cpus(base: RunConfig, widest: int) -> float:
     return min(base.cpus_per_worker, round((cpus - 0.05) / widest, 3))
 
 
-def _print_report(sweep_dir: Path, as_json: bool, baseline: str = "cosine",
+def _print_report(sweep_dir: str, as_json: bool, baseline: str | None = None,
                   plot: bool = True) -> None:
     from orchestrator import report as reports
 
-    result = reports.build_report(Path(sweep_dir), baseline=baseline)
+    result = reports.build_report(storage.resolve(sweep_dir), baseline=baseline)
     if plot:
-        result["plot"] = str(reports.plot(Path(sweep_dir)))
+        result["plot"] = reports.plot(storage.resolve(sweep_dir))
     click.echo(json.dumps(result, default=str) if as_json else reports.to_markdown(result))
 
 

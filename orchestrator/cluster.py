@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from workers.errors import InputError
 
 # `ray` of the same installation as dotsim (python -m ray.scripts.scripts is the CLI)
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
@@ -20,43 +23,144 @@ ACTIONS = {
     "dashboard": [*RAY, "dashboard", "{config}"],
 }
 
+# The custom resource that only cluster.yaml's head node has: a Tune trial (the driver of
+# its Ray Train run, whose controller Ray pins to the driver's node) requests it, so
+# neither lands on a GPU worker that the autoscaler may remove.
+HEAD_RESOURCE = "dotsim_head"
+
+# Values cluster.yaml ships with, which no cluster can start from: what replaces them.
+PLACEHOLDERS = {
+    "ami-00000000000000000": "the id of 'Deep Learning Base OSS Nvidia Driver GPU AMI "
+                             "(Ubuntu 24.04)' in the provider's region (README: On a GPU "
+                             "cluster)",
+    "fs-00000000": "your EFS file system's id (fs-...) in the provider's region",
+}
+
+# Where the AWS credentials come from, for the message when there are none.
+AWS_CREDENTIALS_HINT = ("run `aws configure`, set AWS_PROFILE to a profile in ~/.aws/config, "
+                        "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+
 
 def validate(config_path: Path) -> dict:
-    """Load ``config_path`` and check it with Ray's own schema, offline.
+    """Load ``config_path``, check it with Ray's own schema, offline, and refuse the
+    placeholders cluster.yaml ships with.
 
     Ray's ``prepare_config`` fills in the provider's defaults (as ``ray up`` does) and
     ``validate_config`` checks the result against ``ray-schema.json``; neither needs cloud
-    access. Any problem becomes a ValueError with one line.
+    access. Any problem becomes an InputError with one line.
     """
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)
     path = Path(config_path)
     if not path.is_file():
-        raise ValueError(f"cluster config {path} not found")
+        raise InputError(f"cluster config {path} not found")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        raise InputError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(config, dict):
-        raise ValueError(f"{path} is not a Ray cluster config (expected a mapping)")
+        raise InputError(f"{path} is not a Ray cluster config (expected a mapping)")
     try:
         validate_config(prepare_config(copy.deepcopy(config)))
     except Exception as err:  # jsonschema.ValidationError, ValueError: both mean a bad file
         message = getattr(err, "message", None) or str(err)
         where = "/".join(str(p) for p in getattr(err, "absolute_path", []))
-        raise ValueError(f"{path} is not a valid Ray cluster config: "
+        raise InputError(f"{path} is not a valid Ray cluster config: "
                          f"{(where + ': ') if where else ''}{message.splitlines()[0]}") from err
+    if left := placeholders(config):
+        raise InputError(f"{path}: " + "; ".join(
+            f"replace the placeholder {value} in {', '.join(keys)} with {PLACEHOLDERS[value]}"
+            for value, keys in left.items()))
     return config
+
+
+def placeholders(config: dict) -> dict[str, list[str]]:
+    """{placeholder: the keys (a/b/0 paths) whose values contain it} for those left."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}/{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+        elif isinstance(node, str):
+            for value in PLACEHOLDERS:
+                if value in node:
+                    found.setdefault(value, []).append(where)
+
+    walk(config, "")
+    return found
 
 
 def command(action: str, config_path: Path) -> list[str]:
     if action not in ACTIONS:
-        raise ValueError(f"unknown cluster action {action!r}; allowed: {', '.join(ACTIONS)}")
+        raise InputError(f"unknown cluster action {action!r}; allowed: {', '.join(ACTIONS)}")
     return [part.format(config=str(config_path)) for part in ACTIONS[action]]
 
 
 def run(action: str, config_path: Path) -> int:
-    """Validate, then run Ray's launcher command; returns its exit code."""
-    validate(config_path)
+    """Validate, then run Ray's launcher command; returns its exit code. ``up`` first
+    checks what ``ray up`` needs on this machine, so a missing piece is one line here
+    rather than a traceback (or a half-started head node) there."""
+    config = validate(config_path)
+    if action == "up":
+        check_launcher(config, config_path)
     return subprocess.call(command(action, config_path))
+
+
+def check_launcher(config: dict, config_path: Path) -> None:
+    """What ``ray up`` on AWS needs here: boto3, AWS credentials, ssh and rsync, and every
+    local file that ``file_mounts`` copies to the nodes. Offline; InputError if missing."""
+    try:
+        import boto3  # noqa: F401  (Ray's AWS node provider imports it)
+    except ImportError as err:
+        raise InputError("`ray up` on AWS needs boto3, which is not installed: "
+                         "pip install -e '.[aws]'") from err
+    if not aws_credentials_found():
+        raise InputError(f"no AWS credentials found: {AWS_CREDENTIALS_HINT}")
+    missing = [tool for tool in ("ssh", "rsync") if shutil.which(tool) is None]
+    if missing:
+        raise InputError(f"`ray up` reaches and fills the nodes with ssh and rsync; this "
+                         f"machine lacks {' and '.join(missing)}: install it (Debian/Ubuntu: "
+                         "apt-get install openssh-client rsync)")
+    for remote, local in config.get("file_mounts", {}).items():
+        if not Path(local).expanduser().exists():  # relative to the working dir, as in Ray
+            fix = ("create it with `ray get-auth-token --generate`"
+                   if Path(local).name == "auth_token" else "create it or change the entry")
+            raise InputError(f"{config_path}: file_mounts copies {local} to {remote} on every "
+                             f"node, and {local} does not exist: {fix}")
+
+
+def aws_credentials_found() -> bool:
+    """Whether boto3's own credential chain (environment, profiles, SSO, assume-role,
+    credential_process, container role) yields credentials, without a network call:
+    the EC2 instance-metadata service is asked only on an EC2 instance, where it
+    answers locally. Credentials are found, not checked: AWS checks them at `ray up`."""
+    import botocore.session
+    from botocore.credentials import create_credential_resolver
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        resolver = create_credential_resolver(botocore.session.Session())
+        if not on_ec2():
+            resolver.remove("iam-role")
+        return resolver.load_credentials() is not None
+    except BotoCoreError as err:  # a named profile that does not exist, a broken config
+        raise InputError(f"AWS credentials: {str(err).splitlines()[0]}: "
+                         f"{AWS_CREDENTIALS_HINT}") from err
+
+
+def on_ec2() -> bool:
+    """Whether this machine is an EC2 instance (the firmware says so; no network)."""
+    for path in ("/sys/class/dmi/id/sys_vendor", "/sys/class/dmi/id/bios_vendor",
+                 "/sys/hypervisor/uuid"):
+        try:
+            text = Path(path).read_text().strip().lower()
+        except OSError:
+            continue
+        if text.startswith("ec2") or "amazon ec2" in text:
+            return True
+    return False

@@ -1,16 +1,27 @@
-"""Connecting to Ray and launching one training run with Ray Train's TorchTrainer."""
+"""Connecting to Ray, and the one path every run takes.
+
+``launch`` starts a run for ``dotsim train`` and for every trial of a sweep alike: it binds
+the run folder to the run's config (a folder is resumed only by the config that made it),
+records the launch (config, code version, packages, cluster resources), fits Ray Train's
+TorchTrainer and reads the results from the checkpoint's ``history.json``, never from
+weights. A finished run is not trained again: its results are returned as they are.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import importlib.metadata
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,15 +32,19 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.auth import ray_auth_token
+from workers import storage
 from workers.config import RunConfig
-from workers.train import load_checkpoint, train_loop_per_worker
+from workers.errors import InputError
+from workers.metrics import HISTORY_FILE, is_finished
+from workers.train import train_loop_per_worker
 
 PACKAGES = ("dotsim", "torch", "torchaudio", "ray", "pyarrow", "numpy", "click", "soundfile")
+RECORD_FILE = "dotsim_run.json"
 
 
-def default_storage() -> Path:
+def default_storage() -> str:
     """DOTSIM_STORAGE (a cluster sets it to shared storage), else ~/dotsim_results."""
-    return Path(os.environ.get("DOTSIM_STORAGE") or os.path.expanduser("~/dotsim_results"))
+    return storage.resolve(os.environ.get("DOTSIM_STORAGE") or "~/dotsim_results")
 
 
 # --- Ray connection ------------------------------------------------------------------
@@ -80,16 +95,192 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"bad Ray address {address!r}; write HOST:PORT (e.g. 10.0.0.5:6379) "
-                         "or ray://HOST:10001")
+        raise InputError(f"bad Ray address {address!r}; write HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
-        raise ConnectionError(f"cannot reach Ray at {address} ({err.strerror or err}); is the "
-                              "cluster up, and are --address / RAY_ADDRESS right?") from err
+        raise InputError(f"cannot reach Ray at {address} ({err.strerror or err}); is the "
+                         "cluster up, and are --address / RAY_ADDRESS right?") from err
 
 
 # --- one run -------------------------------------------------------------------------
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C stopped the run; its checkpoints are kept and the same config resumes it."""
+
+    def __init__(self, cfg: RunConfig, epochs_done: int):
+        super().__init__(f"run {cfg.run_name} interrupted after epoch {epochs_done} of "
+                         f"{cfg.epochs} (its checkpoints are kept)")
+        self.cfg, self.epochs_done = cfg, epochs_done
+
+
+def named(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its run name: the given one, or the default derived from the config."""
+    return cfg if cfg.run_name else cfg.replace(run_name=cfg.default_run_name())
+
+
+def run_location(cfg: RunConfig) -> str:
+    """The run folder (local path or URI): storage path / run name."""
+    return storage.join(storage.resolve(cfg.storage_path or default_storage()), cfg.run_name)
+
+
+def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_worker,
+           callbacks=(), progress: bool = True, worker_env: dict | None = None) -> dict:
+    """Run ``cfg`` to its last epoch (resuming its folder when the same config left it
+    unfinished) and return its summary: run name, folder, config, final metrics, history.
+
+    ``loop`` is what every Ray Train worker runs (tests wrap it to inject faults);
+    ``callbacks`` are Ray Train callbacks (a Tune trial passes TuneReportCallback);
+    ``worker_env``: extra environment variables for the workers (e.g. NCCL settings).
+    Raises ``InputError`` when the folder belongs to another config, and ``RunInterrupted``
+    on Ctrl-C.
+    """
+    assert cfg.data is not None, "resolve the data folder before launching"
+    cfg = named(cfg)
+    location = run_location(cfg)
+    history = bind_run(cfg, location)
+    if is_finished(history, cfg.epochs):
+        return _summary(cfg, location, history, already_finished=True)
+    with _progress_printer(cfg, progress) as forward:
+        trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
+                               worker_env=worker_env)
+        result = _fit(trainer, cfg, location)
+    return _summary(cfg, location, checkpoint_history(result.checkpoint))
+
+
+def _summary(cfg: RunConfig, location: str, history: list[dict], *,
+             already_finished: bool = False) -> dict:
+    return {"run_name": cfg.run_name, "path": location, "variant": cfg.variant,
+            "config": cfg.to_dict(), "metrics": history[-1] if history else {},
+            "history": history, "already_finished": already_finished}
+
+
+def make_trainer(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_worker,
+                 callbacks=(), worker_env: dict | None = None) -> TorchTrainer:
+    """A TorchTrainer for ``cfg`` (named, with a prepared data folder every node sees)."""
+    assert cfg.data is not None and cfg.run_name, "resolve the data folder and name the run"
+    return TorchTrainer(
+        loop,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {}),
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=storage.resolve(cfg.storage_path or default_storage()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            # controller_failure_limit=0: a worker group that cannot be placed (too few
+            # CPUs) fails with an error instead of retrying forever
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
+                                                   controller_failure_limit=0),
+            callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+        ),
+    )
+
+
+def _fit(trainer: TorchTrainer, cfg: RunConfig, location: str) -> ray.train.Result:
+    """``trainer.fit()`` in the calling thread. In the main thread Ray Train handles Ctrl-C:
+    it aborts the run (checkpoints already written stay) and leaves ``fit`` through
+    ``sys.exit`` from its signal handler; that becomes ``RunInterrupted`` here. Its handler
+    outlives the run, so the previous one is put back."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    except SystemExit as stop:  # raised only by Ray Train's SIGINT handler
+        raise RunInterrupted(cfg, len(run_history(location))) from stop
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+# --- the run folder and its record ----------------------------------------------------
+
+
+def bind_run(cfg: RunConfig, location: str) -> list[dict]:
+    """Check that the run folder at ``location`` is new or belongs to ``cfg``, record this
+    launch in its ``dotsim_run.json``, and return the epochs it holds already.
+
+    The folder belongs to the config that created it: a config that differs in a field
+    that changes results is refused, except the number of workers for a run whose numbers
+    do not depend on it (``RunConfig.world_size_independent``), which may resume on more
+    or fewer workers (after losing GPUs, say).
+    """
+    record_path = storage.join(location, RECORD_FILE)
+    history = run_history(location)
+    fingerprint = data_fingerprint(cfg.data)
+    if storage.exists(record_path):
+        record = storage.read_json(record_path)
+        _check_same_run(RunConfig.from_dict(record["config"]), cfg, location)
+        if record.get("data_fingerprint") != fingerprint:
+            raise InputError(
+                f"the prepared data in {cfg.data} changed since run {cfg.run_name} started "
+                "(its meta.json differs); start a new run with another --run-name")
+    elif history:
+        raise InputError(f"{location} holds a Ray Train run that dotsim did not record; "
+                         "choose another --run-name")
+    else:
+        record = {"run_name": cfg.run_name, "run_key": cfg.run_key(), "config": cfg.to_dict(),
+                  "data_fingerprint": fingerprint, "launches": []}
+    record["launches"].append(_launch_facts(cfg, epochs_done=len(history)))
+    storage.write_json(record_path, record)
+    return history
+
+
+def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str) -> None:
+    changed = saved.differences(cfg)
+    if changed == ["workers"] and saved.world_size_independent:
+        click.echo(f"dotsim: resuming {cfg.run_name} on {cfg.workers} workers (it ran on "
+                   f"{saved.workers}): its batches and {saved.variant} statistics do not "
+                   "depend on the world size", err=True)
+        return
+    if changed:
+        fields = ", ".join(f"{name} {getattr(saved, name)!r} -> {getattr(cfg, name)!r}"
+                           for name in changed)
+        why = (" (its local batch statistics depend on the number of workers)"
+               if "workers" in changed and not saved.world_size_independent else "")
+        raise InputError(
+            f"run folder {location} belongs to another config ({fields}){why}: start a new "
+            "run with another --run-name, or resume this one with the options it was started "
+            f"with (see its {RECORD_FILE})")
+
+
+def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:
+    """What a launch ran on: when, which code and packages, which cluster."""
+    return {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "epochs_done_before": epochs_done, "workers": cfg.workers,
+            "code_version": code_version(), "packages": package_versions(),
+            "cluster_resources": ray.cluster_resources() if ray.is_initialized() else {}}
+
+
+def data_fingerprint(data: str) -> str:
+    """A short hash of the prepared folder's meta.json (its settings, sources and counts)."""
+    return hashlib.sha256(storage.read_bytes(storage.join(data, "meta.json"))).hexdigest()[:16]
+
+
+def run_history(location: str) -> list[dict]:
+    """The epoch history in the newest checkpoint of the Ray Train run at ``location``
+    ([] when there is none), read through Ray's ``Result.from_path``."""
+    fs, path = storage.filesystem(location)
+    try:
+        result = ray.train.Result.from_path(path, storage_filesystem=fs)
+    except RuntimeError:  # no folder, or no checkpoint written yet
+        return []
+    return checkpoint_history(result.checkpoint) if result.checkpoint else []
+
+
+def checkpoint_history(checkpoint: ray.train.Checkpoint) -> list[dict]:
+    """A checkpoint's ``history.json`` (small: no weights are read)."""
+    with checkpoint.filesystem.open_input_stream(
+            storage.join(checkpoint.path, HISTORY_FILE)) as stream:
+        return json.loads(stream.read())
+
+
+# --- progress ------------------------------------------------------------------------
 
 
 class ForwardMetrics(ray.train.UserCallback):
@@ -106,6 +297,38 @@ class ForwardMetrics(ray.train.UserCallback):
         self.queue.put(metrics[0])
 
 
+@contextlib.contextmanager
+def _progress_printer(cfg: RunConfig, enabled: bool):
+    """Yields the callbacks that bring each epoch's metrics to a thread here, which prints
+    one line per epoch on stderr; the thread drains the queue after the run ends."""
+    if not enabled:
+        yield []
+        return
+    # on the driver's node: losing another node must not take the progress queue with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    done = threading.Event()
+
+    def pump():
+        while True:
+            try:
+                metrics = queue.get(timeout=0.5)
+            except Empty:
+                if done.is_set():
+                    return
+                continue
+            click.echo(progress_line(cfg.run_name, cfg.epochs, metrics), err=True)
+
+    thread = threading.Thread(target=pump, name="dotsim-progress", daemon=True)
+    thread.start()
+    try:
+        yield [ForwardMetrics(queue)]
+    finally:
+        done.set()
+        thread.join()
+        queue.shutdown()
+
+
 def progress_line(run_name: str, epochs: int, m: dict) -> str:
     line = (f"[{run_name}] epoch {m['epoch']}/{epochs} "
             f"loss {m['train_loss']:.4f} (ce {m['train_ce']:.3f} lpc {m['train_lpc']:.3f} "
@@ -119,72 +342,7 @@ def progress_line(run_name: str, epochs: int, m: dict) -> str:
     return line
 
 
-def run_name_for(cfg: RunConfig) -> str:
-    return cfg.run_name or f"{cfg.variant.replace(':', '-')}-seed{cfg.seed}"
-
-
-def make_trainer(cfg: RunConfig, *, callbacks=(), worker_env: dict | None = None) -> TorchTrainer:
-    """A TorchTrainer for ``cfg`` (``cfg.data`` must be a prepared folder every node sees).
-    ``worker_env``: extra environment variables for the workers (e.g. NCCL settings)."""
-    assert cfg.data is not None, "resolve the data folder before launching"
-    storage = Path(cfg.storage_path or default_storage()).expanduser().resolve()
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=cfg.to_dict(),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {}),
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name_for(cfg),
-            storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
-            # controller_failure_limit=0: a worker group that cannot be placed (too few
-            # CPUs) fails with an error instead of retrying forever
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
-                                                   controller_failure_limit=0),
-            callbacks=list(callbacks),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
-        ),
-    )
-
-
-def write_run_record(cfg: RunConfig) -> Path:
-    """Save the full config, code version and package versions beside the run."""
-    storage = Path(cfg.storage_path or default_storage()).expanduser().resolve()
-    folder = storage / run_name_for(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"config": cfg.to_dict(), "code_version": code_version(),
-              "packages": package_versions()}
-    tmp = folder / "dotsim_run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / "dotsim_run.json")
-    return folder
-
-
-def run_training(cfg: RunConfig, *, progress: bool = True,
-                 worker_env: dict | None = None) -> dict:
-    """Fit one run (resuming it if its folder holds a checkpoint); return its summary."""
-    folder = write_run_record(cfg)
-    # on the driver's node: losing another node must not take the progress queue with it
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    trainer = make_trainer(cfg, callbacks=[ForwardMetrics(queue)], worker_env=worker_env)
-    with ThreadPoolExecutor(1) as pool:
-        fitting = pool.submit(trainer.fit)
-        while not (fitting.done() and queue.empty()):
-            try:
-                metrics = queue.get(timeout=0.5)
-            except Empty:
-                continue
-            if progress:
-                click.echo(progress_line(run_name_for(cfg), cfg.epochs, metrics), err=True)
-        result = fitting.result()
-    with result.checkpoint.as_directory() as directory:
-        history = load_checkpoint(directory)["history"]
-    return {"run_name": run_name_for(cfg), "path": str(folder), "variant": cfg.variant,
-            "config": cfg.to_dict(), "metrics": result.metrics, "history": history}
+# --- versions ------------------------------------------------------------------------
 
 
 def code_version() -> str:

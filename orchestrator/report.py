@@ -1,96 +1,109 @@
 """``dotsim report``: which variant wins, and how sure we are.
 
-Reads a sweep's ``results.parquet`` (one row per trial and epoch). Per variant: accuracy
-and raw cosines as mean and 95% confidence interval over seeds (finished trials only);
-each variant against a baseline, paired by seed; for a world-size study, how far each
-world size's curve moves from world size 1. Writes ``comparison.png`` beside the results.
+Reads a sweep's ``results.parquet`` (one row per trial and epoch, with each trial's
+status). Per variant: the summary metrics as mean and 95% t-interval over its finished
+seeds; each variant against a baseline, paired by seed, with a bootstrap interval, a
+t-test, Holm's correction across the variants compared, and the smallest difference the
+seeds could detect; the trials left out, by why (failed, stopped early, unfinished); for a
+world-size study, how far each world size's curve moves from world size 1. Writes
+``comparison.png`` beside the results.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+import pyarrow.parquet as pq
 
+from orchestrator import stats
 from orchestrator.sweep import RESULTS_FILE, read_definition
+from workers import storage
+from workers.errors import InputError
+from workers.metrics import COMPARISON_METRIC
 
 SUMMARY_METRICS = {
     "val_acc_final": "final validation accuracy",
     "val_acc_best": "best validation accuracy",
-    "test_acc": "test accuracy (best-validation weights)",
+    COMPARISON_METRIC: "test accuracy (best-validation weights)",
     "train_cos_rec": "raw cos(emb, emb_rec), last epoch",
     "train_cos_shuffled": "raw cos(emb, shuffled rec), last epoch",
     "probe_word_from_formant": "probe: word from emb_formant",
     "probe_speaker_from_residual": "probe: speaker from emb_residual",
     "minutes": "training minutes",
 }
+# A difference worth knowing about, in the units of an accuracy: one point.
+DIFFERENCE_OF_INTEREST = 0.01
 ROUND_OFF = 1e-3  # a world size whose curve stays this close to world size 1 "stays put"
+LEFT_OUT = {"ERROR": "failed", "STOPPED": "stopped early by the scheduler",
+            "UNFINISHED": "unfinished"}
 
 
-def load_results(sweep_dir: Path) -> pd.DataFrame:
-    sweep_dir = Path(sweep_dir)
+def load_results(sweep_dir: str) -> pd.DataFrame:
     read_definition(sweep_dir)
-    path = sweep_dir / RESULTS_FILE
-    if not path.is_file():
-        raise ValueError(f"{sweep_dir} has no {RESULTS_FILE} yet; run or resume the sweep")
-    frame = pd.read_parquet(path)
-    if frame.empty:
-        raise ValueError(f"{path} has no finished epochs yet")
-    return frame
+    path = storage.join(sweep_dir, RESULTS_FILE)
+    if not storage.exists(path):
+        raise InputError(f"{sweep_dir} has no {RESULTS_FILE} yet; run or resume the sweep")
+    return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
 
 
 def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: the summary metrics of its history."""
+    """One row per trial: its status, error and the summary metrics of its history."""
     rows = []
     for trial, h in frame.sort_values("epoch").groupby("trial", sort=False):
-        last = h.iloc[-1]
-        rows.append({
-            "trial": trial, "variant": last["variant"], "grid": last["grid"],
-            "seed": int(last["seed"]), "workers": int(last["workers"]),
-            "finished": bool(last["finished"]), "epochs_done": int(last["epoch"]),
-            "val_acc_final": last["val_acc"], "val_acc_best": h["val_acc"].max(),
-            "test_acc": last.get("test_acc", np.nan),
-            "train_cos_rec": last["train_cos_rec"],
-            "train_cos_shuffled": last["train_cos_shuffled"],
-            "probe_word_from_formant": last.get("probe_word_from_formant", np.nan),
-            "probe_speaker_from_residual": last.get("probe_speaker_from_residual", np.nan),
-            "minutes": h["epoch_seconds"].sum() / 60,
-        })
+        last, epochs = h.iloc[-1], h.dropna(subset=["epoch"])
+        row = {"trial": trial, "variant": last["variant"], "grid": last["grid"],
+               "seed": int(last["seed"]), "workers": int(last["workers"]),
+               "status": last["status"], "error": last.get("error"),
+               "epochs_done": len(epochs), **dict.fromkeys(SUMMARY_METRICS, np.nan)}
+        if len(epochs):
+            final = epochs.iloc[-1]
+            row |= {"val_acc_final": final["val_acc"], "val_acc_best": epochs["val_acc"].max(),
+                    "train_cos_rec": final["train_cos_rec"],
+                    "train_cos_shuffled": final["train_cos_shuffled"],
+                    "minutes": epochs["epoch_seconds"].sum() / 60,
+                    **{m: final.get(m, np.nan) for m in (COMPARISON_METRIC,
+                       "probe_word_from_formant", "probe_speaker_from_residual")}}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def mean_ci(values) -> dict:
-    """Mean and the half-width of its 95% t-interval (None below two values)."""
-    values = np.asarray([v for v in values if not pd.isna(v)], dtype=float)
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    half = None
-    if n >= 2:
-        half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return {"mean": float(values.mean()), "ci95": half, "n": n}
-
-
 def summarise(trials: pd.DataFrame) -> list[dict]:
-    """Per variant (and grid point): metrics over the finished seeds."""
+    """Per variant (and grid point): the metrics over its finished seeds."""
     out = []
     for (variant, grid), group in trials.groupby(["variant", "grid"], sort=False):
-        done = group[group["finished"]]
+        done = group[group["status"] == "FINISHED"]
         out.append({
             "variant": variant, "grid": json.loads(grid), "seeds": sorted(done["seed"]),
-            "stopped_or_unfinished": sorted(group[~group["finished"]]["trial"]),
-            **{m: mean_ci(done[m]) for m in SUMMARY_METRICS},
+            **{m: _interval(done[m]) for m in SUMMARY_METRICS},
         })
     return out
 
 
-def paired(trials: pd.DataFrame, baseline: str, metric: str = "test_acc") -> list[dict]:
-    """Each variant minus the baseline on the same seeds (and grid point)."""
-    done = trials[trials["finished"]]
+def _interval(values) -> dict:
+    t = stats.mean_ci(values)
+    return {"mean": t["mean"], "ci95": t["half_width"], "n": t["n"],
+            "bootstrap95": stats.bootstrap_ci(values)}
+
+
+def left_out(trials: pd.DataFrame) -> dict[str, list[dict]]:
+    """The trials outside the intervals, by why: failed (with the error's last line),
+    stopped early by the scheduler, unfinished."""
+    out = {}
+    for status, why in LEFT_OUT.items():
+        chosen = trials[trials["status"] == status]
+        out[why] = [{"trial": t.trial, "epochs_done": int(t.epochs_done),
+                     **({"error": t.error} if status == "ERROR" else {})}
+                    for t in chosen.itertuples()]
+    return out
+
+
+def paired(trials: pd.DataFrame, baseline: str, metric: str = COMPARISON_METRIC) -> list[dict]:
+    """Each variant minus the baseline on the same seeds (and grid point), with Holm's
+    correction across all the variants compared on ``metric``."""
+    done = trials[trials["status"] == "FINISHED"]
     out = []
     for (variant, grid), group in done.groupby(["variant", "grid"], sort=False):
         if variant == baseline:
@@ -98,35 +111,43 @@ def paired(trials: pd.DataFrame, baseline: str, metric: str = "test_acc") -> lis
         base = done[(done["variant"] == baseline) & (done["grid"] == grid)]
         merged = group.merge(base, on="seed", suffixes=("", "_base"))
         diffs = (merged[metric] - merged[f"{metric}_base"]).to_numpy(dtype=float)
+        test = stats.paired_test(diffs)
         out.append({"variant": variant, "grid": json.loads(grid), "baseline": baseline,
-                    "metric": metric, "seeds": sorted(merged["seed"]), **_verdict(diffs)})
+                    "metric": metric, "seeds": sorted(merged["seed"]), **test,
+                    "power": stats.power_sentence(test["n"], test["sd"] or 0.0,
+                                                  DIFFERENCE_OF_INTEREST)})
+    for row, p_holm in zip(out, stats.holm([row["p"] for row in out]), strict=True):
+        row["p_holm"] = p_holm
+        row["verdict"] = _verdict(row)
     return out
 
 
-def _verdict(diffs: np.ndarray) -> dict:
-    n = len(diffs)
-    if n < 2:
-        return {"mean_diff": float(diffs.mean()) if n else None, "ci95": None, "p": None,
-                "verdict": f"too few paired seeds to tell (n={n}; need >= 2, better >= 5)"}
-    ci = mean_ci(diffs)
-    if np.allclose(diffs, diffs[0]):
-        p = 0.0 if diffs[0] != 0 else 1.0  # a t-test is undefined without spread
-    else:
-        p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
-    low, high = ci["mean"] - ci["ci95"], ci["mean"] + ci["ci95"]
-    if low > 0:
-        verdict = "better than the baseline"
-    elif high < 0:
-        verdict = "worse than the baseline"
-    else:
-        verdict = f"no clear difference with {n} seeds (the interval contains 0)"
-    return {"mean_diff": ci["mean"], "ci95": ci["ci95"], "p": p, "verdict": verdict}
+def _verdict(row: dict) -> str:
+    if row["note"]:
+        return row["note"]
+    if row["p_holm"] < 0.05:
+        side = "better" if row["mean_diff"] > 0 else "worse"
+        return f"{side} than the baseline (Holm-corrected p < 0.05)"
+    return f"no clear difference with {row['n']} seeds"
+
+
+def choose_baseline(trials: pd.DataFrame, baseline: str | None) -> str:
+    """The asked-for baseline, which must be a variant of the sweep; by default cosine,
+    else the sweep's first variant."""
+    variants = list(dict.fromkeys(trials["variant"]))
+    if baseline is None:
+        return "cosine" if "cosine" in variants else variants[0]
+    if baseline not in variants:
+        raise InputError(f"--baseline {baseline!r} is not a variant of this sweep; its "
+                         f"variants: {', '.join(variants)}")
+    return baseline
 
 
 def world_size_drift(frame: pd.DataFrame) -> list[dict]:
     """Per variant and world size: the largest distance of its per-epoch curves from
     world size 1 (same seed, same epoch)."""
     out = []
+    frame = frame.dropna(subset=["epoch"])
     for variant, group in frame.groupby("variant", sort=False):
         ref = group[group["workers"] == 1]
         if ref.empty:
@@ -144,13 +165,13 @@ def world_size_drift(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
-def build_report(sweep_dir: Path, baseline: str = "cosine") -> dict:
+def build_report(sweep_dir: str, baseline: str | None = None) -> dict:
     frame = load_results(sweep_dir)
     trials = per_trial(frame)
     definition = read_definition(sweep_dir)
-    if baseline not in set(trials["variant"]):
-        baseline = trials["variant"].iloc[0]
-    report = {"sweep": str(sweep_dir), "baseline": baseline, "variants": summarise(trials),
+    baseline = choose_baseline(trials, baseline)
+    report = {"sweep": sweep_dir, "baseline": baseline, "metric": COMPARISON_METRIC,
+              "variants": summarise(trials), "left_out": left_out(trials),
               "paired": paired(trials, baseline), "study": definition.get("study")}
     if definition.get("study") == "world-size":
         report["world_size"] = world_size_drift(frame)
@@ -168,27 +189,36 @@ def _fmt(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
 
 
+def _fmt_range(pair, digits: int = 3) -> str:
+    return "-" if pair is None else f"[{pair[0]:+.{digits}f}, {pair[1]:+.{digits}f}]"
+
+
+def _fmt_p(p) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
 def to_markdown(report: dict) -> str:
     lines = [f"# dotsim report: {report['sweep']}", "",
-             "Mean ± 95% confidence half-width over finished seeds.", ""]
+             "Mean ± 95% t half-width over each variant's finished seeds.", ""]
     head = ["variant", "grid", "seeds"] + list(SUMMARY_METRICS.values())
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for v in report["variants"]:
         cells = [v["variant"], _grid(v["grid"]), str(len(v["seeds"]))]
         cells += [_fmt(v[m], 2 if m == "minutes" else 3) for m in SUMMARY_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
-    stopped = [t for v in report["variants"] for t in v["stopped_or_unfinished"]]
-    if stopped:
-        lines += ["", f"Left out (stopped early or unfinished): {', '.join(stopped)}"]
-    lines += ["", f"## Paired by seed against `{report['baseline']}` (test accuracy)", "",
-              "| variant | grid | seeds | mean difference | 95% CI | p (paired t) | verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += _left_out_lines(report["left_out"])
+    lines += ["", f"## Paired by seed against `{report['baseline']}` ({report['metric']})", "",
+              "Each variant minus the baseline on the same seeds; p from a paired t-test, "
+              f"Holm-corrected across the {len(report['paired'])} variants compared.", "",
+              "| variant | grid | seeds | mean difference | 95% t CI | 95% bootstrap | p | "
+              "p (Holm) | verdict | what these seeds can tell |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in report["paired"]:
         diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:+.3f}"
-        ci = "-" if p["ci95"] is None else f"± {p['ci95']:.3f}"
-        pv = "-" if p["p"] is None else f"{p['p']:.3g}"
+        ci = "-" if p["half_width"] is None else f"± {p['half_width']:.3f}"
         lines.append(f"| {p['variant']} | {_grid(p['grid'])} | {len(p['seeds'])} | {diff} | "
-                     f"{ci} | {pv} | {p['verdict']} |")
+                     f"{ci} | {_fmt_range(p['bootstrap_ci'])} | {_fmt_p(p['p'])} | "
+                     f"{_fmt_p(p['p_holm'])} | {p['verdict']} | {p['power']} |")
     if "world_size" in report:
         lines += ["", "## World-size study: distance from world size 1", "",
                   "Same seed and global batch; global statistics should stay put, local drift.",
@@ -201,11 +231,23 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _left_out_lines(left: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    for why, trials in left.items():
+        if not trials:
+            continue
+        lines += ["", f"Left out, {why}:"]
+        for t in trials:
+            error = f": {t['error']}" if "error" in t else ""
+            lines.append(f"- {t['trial']} ({t['epochs_done']} epochs){error}")
+    return lines
+
+
 def _grid(grid: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in grid.items()) or "-"
 
 
-def plot(sweep_dir: Path) -> Path:
+def plot(sweep_dir: str) -> str:
     """comparison.png: validation accuracy and raw cosines per variant, mean with a
     min-max band over seeds."""
     import matplotlib
@@ -214,7 +256,7 @@ def plot(sweep_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    frame = load_results(sweep_dir)
+    frame = load_results(sweep_dir).dropna(subset=["epoch"])
     fig, (ax_acc, ax_cos) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     groups = frame.groupby(["variant", "grid", "workers"])
     for index, ((variant, grid, workers), group) in enumerate(groups):
@@ -236,8 +278,16 @@ def plot(sweep_dir: Path) -> Path:
     for ax in (ax_acc, ax_cos):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.legend(fontsize=8)
-    out = Path(sweep_dir) / "comparison.png"
-    fig.savefig(out, dpi=120)
+    if len(frame):
+        ax_acc.legend(fontsize=8)
+    return _save(fig, storage.join(sweep_dir, "comparison.png"))
+
+
+def _save(fig, location: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    return out
+    storage.write_bytes(location, buffer.getvalue())
+    return location

@@ -10,6 +10,7 @@ import time
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from orchestrator.auth import ray_auth_token
+from workers.errors import InputError
 
 # Not uploaded with the working directory: environments, caches, data, results.
 EXCLUDES = [".venv", ".git", "__pycache__", "*.parquet", ".pytest_cache", ".ruff_cache",
@@ -24,28 +25,34 @@ def auth_headers() -> dict[str, str]:
 
 def client(address: str | None) -> JobSubmissionClient:
     if not address:
-        raise ValueError("no cluster address: pass --address http://HEAD:8265 or set "
+        raise InputError("no cluster address: pass --address http://HEAD:8265 or set "
                          "RAY_ADDRESS")
     try:
         return JobSubmissionClient(address, headers=auth_headers())
     except (ConnectionError, RuntimeError) as err:
-        raise ConnectionError(f"cannot reach the Ray Jobs API at {address}: "
-                              f"{str(err).splitlines()[0]}") from err
+        raise InputError(f"cannot reach the Ray Jobs API at {address}: "
+                         f"{str(err).splitlines()[0]}") from err
 
 
-def submit(address: str | None, args: list[str], *, working_dir: str | None = ".",
-           wait: bool = True) -> tuple[str, JobStatus | None]:
-    """Submit ``dotsim ARGS`` as a job; stream its logs until it ends when ``wait``."""
+def submit(address: str | None, args: list[str], *,
+           working_dir: str | None = ".") -> tuple[JobSubmissionClient, str]:
+    """Submit ``dotsim ARGS`` as a job; returns the client and the job's id at once."""
     if not args:
-        raise ValueError("nothing to submit: add the dotsim command after --, e.g. "
+        raise InputError("nothing to submit: add the dotsim command after --, e.g. "
                          "dotsim submit -- train --epochs 3")
     jobs = client(address)
     runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES} if working_dir else None
-    job_id = _submit_when_ready(jobs, entrypoint="dotsim " + shlex.join(args),
-                                runtime_env=runtime_env)
-    if not wait:
-        return job_id, None
-    return job_id, follow(jobs, job_id)
+    return jobs, _submit_when_ready(jobs, entrypoint="dotsim " + shlex.join(args),
+                                    runtime_env=runtime_env)
+
+
+def job_commands(job_id: str, address: str | None) -> str:
+    """The lines that say how to follow, inspect and stop a submitted job."""
+    where = f" --address {shlex.quote(address)}" if address else ""
+    return "\n".join([f"Job {job_id} submitted.",
+                      f"  status: dotsim submit{where} status {job_id}",
+                      f"  logs:   dotsim submit{where} logs {job_id}",
+                      f"  stop:   dotsim submit{where} stop {job_id}"])
 
 
 def _submit_when_ready(jobs: JobSubmissionClient, *, attempts: int = 30, pause_s: float = 2.0,

@@ -10,6 +10,7 @@ import json
 
 from losses import NORMS, SCOPES, SIMILARITIES
 from workers.config import RunConfig
+from workers.errors import InputError
 
 DEFAULT_VARIANTS = ("cosine", "dot:minmax:global", "dot:minmax:local", "dot:meanstd:global",
                     "dot:meanstd:local")
@@ -32,7 +33,7 @@ def parse_variant(name: str) -> dict:
     elif ":".join(parts) in SIMILARITIES or len(parts) == 2:
         fields = {"similarity": ":".join(parts)}  # cosine, or a custom module:function
     else:
-        raise ValueError(
+        raise InputError(
             f"bad variant {name!r}; write cosine or SIMILARITY:NORM:SCOPE[:detached], "
             f"e.g. dot:meanstd:global (norms: {', '.join(NORMS)}; scopes: {', '.join(SCOPES)})"
         )
@@ -50,11 +51,11 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         key, sep, values = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not values:
-            raise ValueError(f"bad --grid {item!r}; write KEY=V1,V2 (e.g. w_lpc=0.5,1)")
+            raise InputError(f"bad --grid {item!r}; write KEY=V1,V2 (e.g. w_lpc=0.5,1)")
         if not hasattr(defaults, key) or key == "extra":
-            raise ValueError(f"--grid {key}: not a config field (see dotsim train --help)")
+            raise InputError(f"--grid {key}: not a config field (see dotsim train --help)")
         if key in (*VARIANT_FIELDS, "seed"):
-            raise ValueError(f"--grid {key}: use --variants / --seeds for the loss variant")
+            raise InputError(f"--grid {key}: use --variants / --seeds for the loss variant")
         kind = type(getattr(defaults, key))
         grid[key] = [_typed(kind, v.strip(), key) for v in values.split(",")]
     return grid
@@ -66,7 +67,7 @@ def _typed(kind, text: str, key: str):
             return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
         return kind(text) if kind is not type(None) else text
     except (KeyError, ValueError) as err:
-        raise ValueError(f"--grid {key}: {text!r} is not a valid {kind.__name__}") from err
+        raise InputError(f"--grid {key}: {text!r} is not a valid {kind.__name__}") from err
 
 
 def trial_configs(variants: list[str], seeds: int, grid: dict[str, list],

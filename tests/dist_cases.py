@@ -109,3 +109,21 @@ def gather_grad(rank, world_size, rows):
     everything = gather_rows(x, None)
     (everything.square().sum(dim=1) * torch.arange(1, len(everything) + 1)).sum().backward()
     return everything.detach(), x.grad
+
+
+def outside_group(rank, world_size, case):
+    """Ranks 0 and 1 form a subgroup and take the global loss over it; the last rank, not
+    a member, calls the loss with that group too. Returns (loss, grad of emb) on members
+    and the error message on the outsider."""
+    import torch.distributed as dist
+
+    group = dist.new_group([0, 1])  # every rank of the default group must call new_group
+    gen = torch.Generator().manual_seed(rank)
+    emb = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    rec = emb.detach() + torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    try:
+        loss = similarity_loss(emb, rec, scope="global", group=group, **case)
+    except ValueError as err:
+        return str(err)
+    loss.backward()
+    return loss.detach(), emb.grad

@@ -60,3 +60,34 @@ def test_bf16_is_a_gpu_switch():
     with _autocast(RunConfig(gpu=True, bf16=True), cpu):
         # CPU workers always run float32, whatever the switch says
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_run_key_covers_what_changes_results_only():
+    base = RunConfig(data="/d")
+    # every field that can change the numbers moves the key (and the default run name)
+    for change in ({"lr": 1e-4}, {"epochs": 20}, {"seed": 1}, {"workers": 1},
+                   {"data": "/other"}, {"dropout": 0.0}, {"bf16": False}, {"w_lpc": 0.5}):
+        other = base.replace(**change)
+        assert other.run_key() != base.run_key(), change
+        assert other.default_run_name() != base.default_run_name()
+        assert base.differences(other) == list(change)
+    # where files go and how fast it runs do not
+    for change in ({"storage_path": "/s"}, {"run_name": "x"}, {"cpus_per_worker": 0.5},
+                   {"threads_per_worker": 2}, {"checkpoints_to_keep": 5}, {"max_failures": 3},
+                   {"extra": {"study": "x"}}):
+        assert base.replace(**change).run_key() == base.run_key(), change
+    assert base.default_run_name() == f"dot-minmax-global-seed0-{base.run_key()}"
+
+
+def test_world_size_independence():
+    assert RunConfig(scope="global").world_size_independent
+    assert RunConfig(similarity="cosine", scope="local").world_size_independent
+    assert not RunConfig(scope="local").world_size_independent
+
+
+def test_bad_values_are_input_errors():
+    from workers.errors import InputError
+
+    for bad in ({"norm": "zscore"}, {"batch_size": 0}, {"preset": "huge"}):
+        with pytest.raises(InputError):
+            RunConfig(**bad)

@@ -13,6 +13,7 @@ from dist_cases import (
     loss_and_grads,
     make_model,
     multi_losses_and_grads,
+    outside_group,
 )
 
 from losses.distributed import gather_rows
@@ -152,3 +153,13 @@ def test_gather_rows_sums_gradients_back_to_owners(gloo_pool, sizes):
 def test_gather_rows_without_process_group_is_identity():
     x = torch.randn(3, 2)
     assert gather_rows(x, None) is x
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_a_rank_outside_the_group_is_refused(gloo_pool, similarity):
+    """torch gives a non-member world size -1: the loss must refuse it (it used to return
+    the value with the gradient's sign flipped) while the members compute as usual."""
+    case = {"similarity": similarity, "norm": "minmax"}
+    member0, member1, outsider = gloo_pool(3).run(outside_group, case)
+    assert isinstance(outsider, str) and "not a member" in outsider
+    assert member0[0] == member1[0]  # the members agree: the loss of their two batches

@@ -18,8 +18,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from orchestrator.launch import run_training
-from orchestrator.sweep import run_history
+from orchestrator.launch import launch, run_history
 from workers.config import RunConfig
 
 data, storage = sys.argv[1], sys.argv[2]
@@ -33,20 +32,20 @@ failure = {}
 
 def first_try():
     try:
-        run_training(cfg, progress=False)
+        launch(cfg, progress=False)
     except Exception as err:
         failure["message"] = " ".join(str(err).split())[:400]
 
 thread = threading.Thread(target=first_try)
 thread.start()
 run = Path(storage) / "node"
-while not run_history(run):  # a checkpoint exists: lose the second node now
+while not run_history(str(run)):  # a checkpoint exists: lose the second node now
     time.sleep(0.5)
 cluster.remove_node(worker)
 thread.join()
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
-summary = run_training(cfg, progress=False)
+summary = launch(cfg, progress=False)
 print(json.dumps({"failure": failure.get("message"),
                   "epochs": [h["epoch"] for h in summary["history"]]}))
 ray.shutdown()

@@ -21,6 +21,7 @@ from orchestrator.variants import (
     parse_variant,
     trial_configs,
 )
+from workers.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,23 +80,43 @@ def _trials(diffs, base=0.5):
     for seed, d in enumerate(diffs):
         for variant, acc in (("cosine", base), ("dot:minmax:global", base + d)):
             rows.append({"trial": f"{variant}-{seed}", "variant": variant, "grid": "{}",
-                         "seed": seed, "finished": True, "test_acc": acc})
+                         "seed": seed, "status": "FINISHED", "test_acc": acc})
     return pd.DataFrame(rows)
 
 
 def test_paired_comparison_verdicts():
     better = reports.paired(_trials([0.05, 0.06, 0.04, 0.05]), "cosine")[0]
-    assert better["verdict"] == "better than the baseline" and better["p"] < 0.01
+    assert better["verdict"].startswith("better than the baseline") and better["p"] < 0.01
+    assert "4 seeds detect a difference of" in better["power"]
     unclear = reports.paired(_trials([0.05, -0.04, 0.01]), "cosine")[0]
     assert unclear["verdict"].startswith("no clear difference")
     few = reports.paired(_trials([0.05]), "cosine")[0]
     assert few["verdict"].startswith("too few paired seeds")
 
 
-def test_mean_ci_matches_t_interval():
-    ci = reports.mean_ci([1.0, 2.0, 3.0])
-    assert ci["mean"] == 2.0 and ci["ci95"] == pytest.approx(2.4841, abs=1e-3)
-    assert reports.mean_ci([1.0])["ci95"] is None
+def test_zero_spread_says_so_instead_of_a_p_value():
+    """Differences equal on every seed: no t-test (it used to print p = 0.0)."""
+    flat = reports.paired(_trials([0.1, 0.1, 0.1]), "cosine")[0]
+    assert flat["p"] is None and flat["p_holm"] is None
+    assert "no spread across seeds" in flat["verdict"]
+    markdown = reports.to_markdown({"sweep": "s", "baseline": "cosine", "metric": "test_acc",
+                                    "variants": [], "left_out": {}, "paired": [flat]})
+    assert "no spread across seeds" in markdown and "| 0 |" not in markdown
+
+
+def test_holm_applies_across_the_variants_compared():
+    rows = []
+    for seed, (d1, d2) in enumerate([(0.05, 0.02), (0.06, -0.01), (0.04, 0.03),
+                                     (0.05, 0.00)]):
+        for variant, acc in (("cosine", 0.5), ("dot:minmax:global", 0.5 + d1),
+                             ("dot:meanstd:global", 0.5 + d2)):
+            rows.append({"trial": f"{variant}-{seed}", "variant": variant, "grid": "{}",
+                         "seed": seed, "status": "FINISHED", "test_acc": acc})
+    compared = reports.paired(pd.DataFrame(rows), "cosine")
+    ps = sorted(row["p"] for row in compared)
+    by_p = sorted((row["p"], row["p_holm"]) for row in compared)
+    assert by_p[0][1] == pytest.approx(2 * ps[0])  # smallest p: times m = 2
+    assert by_p[1][1] == pytest.approx(max(2 * ps[0], ps[1]))
 
 
 def test_world_size_drift():
@@ -115,11 +136,36 @@ def test_report_on_a_folder_that_is_not_a_sweep(tmp_path):
     assert result.exit_code == 2 and "not a dotsim sweep folder" in result.output
 
 
+def test_a_failure_inside_a_library_is_not_a_user_error(tmp_path, capsys):
+    """A ValueError from pyarrow (a damaged results.parquet) is a failure: exit 1, one line
+    that says how to see the traceback; only dotsim's own InputError is exit 2."""
+    from orchestrator.cli import main
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"trials": [], "study": None}))
+    (tmp_path / "results.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 1
+    assert len(err.strip().splitlines()) == 1 and "DOTSIM_DEBUG=1" in err
+    assert "Traceback" not in err
+
+
 # --- cluster.yaml ------------------------------------------------------------------------
 
 
-def test_cluster_yaml_is_valid_for_ray():
-    config = launcher.validate(REPO / "cluster.yaml")
+def _filled_in_cluster_yaml(tmp_path):
+    """cluster.yaml with its two placeholders (AMI, EFS) replaced, as a user leaves it."""
+    text = (REPO / "cluster.yaml").read_text()
+    for placeholder in launcher.PLACEHOLDERS:
+        text = text.replace(placeholder, placeholder.replace("0", "1"))
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_cluster_yaml_is_valid_for_ray(tmp_path):
+    config = launcher.validate(_filled_in_cluster_yaml(tmp_path))
     assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"]
     text = (REPO / "cluster.yaml").read_text().lower()
     for secret in ("aws_access_key", "secret", "password", "token:"):
@@ -145,16 +191,17 @@ def test_broken_cluster_yaml_is_rejected(tmp_path, damage):
     assert len(result.output.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("action,tail", [("up", ["up", "-y"]), ("down", ["down", "-y"]),
-                                         ("status", ["exec"]), ("dashboard", ["dashboard"])])
-def test_cluster_actions_call_ray_launcher(action, tail):
+# `up` with its checks (boto3, credentials, token): tests/test_cluster_config.py
+@pytest.mark.parametrize("action,tail", [("down", ["down", "-y"]), ("status", ["exec"]),
+                                         ("dashboard", ["dashboard"])])
+def test_cluster_actions_call_ray_launcher(tmp_path, action, tail):
+    path = _filled_in_cluster_yaml(tmp_path)
     with mock.patch("orchestrator.cluster.subprocess.call", return_value=0) as call:
-        result = CliRunner().invoke(cli, ["cluster", action, "--config",
-                                          str(REPO / "cluster.yaml")])
+        result = CliRunner().invoke(cli, ["cluster", action, "--config", str(path)])
     assert result.exit_code == 0, result.output
     argv = call.call_args.args[0]
     assert argv[1:3] == ["-m", "ray.scripts.scripts"] and argv[3:3 + len(tail)] == tail
-    assert argv[-1 if action != "status" else -2] == str(REPO / "cluster.yaml")
+    assert argv[-1 if action != "status" else -2] == str(path)
 
 
 # --- submit ------------------------------------------------------------------------------
@@ -193,6 +240,23 @@ def test_submit_sends_the_cli_as_a_job(fake_client):
         entrypoint="dotsim train --epochs 3 --run-name 'a b'",
         runtime_env={"working_dir": ".", "excludes": jobs.EXCLUDES})
     assert "epoch 1" in result.stdout and "SUCCEEDED" in result.output
+
+
+def test_submit_prints_the_job_id_before_following_it(fake_client):
+    """As `ray job submit` does: the id and the commands come first, so Ctrl-C (or a dropped
+    tunnel) while the logs stream does not lose the job."""
+    _, client = fake_client
+
+    async def interrupted(job_id):
+        raise KeyboardInterrupt
+        yield
+    client.tail_job_logs = interrupted
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--",
+                                      "train"])
+    assert result.exit_code != 0
+    assert "Job raysubmit_1 submitted." in result.stderr
+    for action in ("status", "logs", "stop"):
+        assert f"dotsim submit --address http://head:8265 {action} raysubmit_1" in result.stderr
 
 
 def test_submit_exits_non_zero_when_the_job_fails(fake_client):
@@ -263,7 +327,7 @@ def test_json_report_shape(tmp_path):
         for seed in (0, 1):
             for epoch in (1, 2):
                 rows.append({"trial": f"{variant}-{seed}", "variant": variant, "grid": "{}",
-                             "seed": seed, "workers": 2, "finished": True, "epoch": epoch,
+                             "seed": seed, "workers": 2, "status": "FINISHED", "epoch": epoch,
                              "val_acc": acc, "train_loss": 1.0, "train_cos_rec": 0.9,
                              "train_cos_shuffled": 0.5, "epoch_seconds": 3.0,
                              "test_acc": acc + seed * 0.01 if epoch == 2 else None,
@@ -278,6 +342,35 @@ def test_json_report_shape(tmp_path):
     assert Path(doc["plot"]).is_file()
     markdown = CliRunner().invoke(cli, ["report", str(tmp_path), "--no-plot"]).stdout
     assert "| dot:minmax:global | - | 2 |" in markdown
+    unknown = CliRunner().invoke(cli, ["report", str(tmp_path), "--baseline", "dot:minmax"])
+    assert unknown.exit_code == 2
+    assert "variants: cosine, dot:minmax:global" in unknown.stderr  # not silently another
+
+
+def test_report_keeps_failed_trials_apart_from_stopped_ones(tmp_path):
+    """A failed trial (with its error) and an ASHA-stopped one are listed separately and
+    left out of the intervals."""
+    (tmp_path / "sweep.json").write_text(json.dumps({"trials": [], "study": None}))
+    metrics = {"val_acc": 0.5, "train_loss": 1.0, "train_cos_rec": 0.9,
+               "train_cos_shuffled": 0.5, "epoch_seconds": 3.0}
+    rows = [{"trial": "cosine-seed0", "variant": "cosine", "grid": "{}", "seed": 0,
+             "workers": 2, "status": "FINISHED", "error": None, "epoch": 1, **metrics,
+             "test_acc": 0.5},
+            {"trial": "cosine-seed1", "variant": "cosine", "grid": "{}", "seed": 1,
+             "workers": 2, "status": "STOPPED", "error": None, "epoch": 1, **metrics,
+             "test_acc": None},
+            {"trial": "cosine-seed2", "variant": "cosine", "grid": "{}", "seed": 2,
+             "workers": 2, "status": "ERROR", "error": "RuntimeError: worker died",
+             "epoch": None, **dict.fromkeys(metrics), "test_acc": None}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
+    report = reports.build_report(str(tmp_path))
+    assert report["left_out"]["failed"] == [
+        {"trial": "cosine-seed2", "epochs_done": 0, "error": "RuntimeError: worker died"}]
+    assert [t["trial"] for t in report["left_out"]["stopped early by the scheduler"]] == [
+        "cosine-seed1"]
+    assert report["variants"][0]["seeds"] == [0]
+    markdown = reports.to_markdown(report)
+    assert "Left out, failed:\n- cosine-seed2 (0 epochs): RuntimeError: worker died" in markdown
 
 
 def test_submit_retries_while_the_job_agent_starts(fake_client, monkeypatch):
@@ -300,10 +393,25 @@ def test_concurrency_on_fixed_and_autoscaling_clusters(monkeypatch):
     monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 8.0})
     assert sweeps.concurrency(RunConfig(workers=2), trials, None) == 4
     assert sweeps.concurrency(RunConfig(workers=2), trials, 3) == 3
+    # more at once than the cluster can place: refused up front, not fewer seeds later
+    with pytest.raises(InputError, match="--max-concurrent 5 cannot be placed.*room for 4"):
+        sweeps.concurrency(RunConfig(workers=2), trials, 5)
     monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    with pytest.raises(ValueError, match="lower --workers"):
+    with pytest.raises(InputError, match="lower --workers"):
         sweeps.concurrency(RunConfig(workers=4), trials, None)
     # GPU workers on a cluster that scales up from zero GPUs
     gpu = RunConfig(workers=2, gpu=True)
     assert sweeps.concurrency(gpu, trials, 2, elastic=True) == 2
     assert sweeps.concurrency(gpu, trials, None, elastic=True) == 1
+
+
+def test_trials_stay_on_the_head_of_a_cluster_from_cluster_yaml(monkeypatch):
+    from orchestrator import sweep as sweeps
+
+    monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 8.0})
+    assert sweeps.trial_resources() == {"CPU": 0, "memory": 2**20}
+    monkeypatch.setattr(sweeps.ray, "cluster_resources",
+                        lambda: {"CPU": 8.0, launcher.HEAD_RESOURCE: 1000.0})
+    assert sweeps.trial_resources()[launcher.HEAD_RESOURCE] == 1
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    assert launcher.HEAD_RESOURCE in config["available_node_types"]["head"]["resources"]

@@ -1,5 +1,6 @@
 """Real Tune sweeps over Ray Train runs: results.parquet, TensorBoard events, the report,
-and a sweep killed mid-way and resumed without re-running its finished trial."""
+a trial that fails (listed, kept as ERROR, exit 1, re-run by --resume), and a sweep killed
+mid-way and resumed without re-running its finished trial."""
 
 import contextlib
 import json
@@ -10,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.launch import run_history
 
 pytestmark = pytest.mark.ray
 
@@ -30,7 +33,7 @@ def test_tiny_sweep_end_to_end(ray_local, small_prepared, tmp_path):
     sweep = tmp_path / "s"
     frame = pd.read_parquet(sweep / "results.parquet")
     assert set(frame["variant"]) == {"cosine", "dot:meanstd:global"}
-    assert sorted(frame["epoch"]) == [1, 1, 2, 2] and frame["finished"].all()
+    assert sorted(frame["epoch"]) == [1, 1, 2, 2] and (frame["status"] == "FINISHED").all()
     assert frame["test_acc"].notna().sum() == 2  # the last epoch of each trial
     report = json.loads(result.stdout)
     assert [v["variant"] for v in report["variants"]] == ["cosine", "dot:meanstd:global"]
@@ -79,12 +82,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
             "--data", str(small_prepared), "--storage-path", str(tmp_path), "--name", "s",
             "--variants", "cosine,dot:minmax:local", "--max-concurrent", "1", *TINY,
             "--epochs", "3"]
-    proc = subprocess.Popen(args, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
+    with open(tmp_path / "first.log", "w") as stderr:
+        proc = subprocess.Popen(args, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     first = sweep / "runs" / "cosine-seed0"
     deadline = time.time() + 300
-    # kill the driver and its local Ray once Tune has recorded the first trial as done
-    while time.time() < deadline and _tune_status(sweep, "cosine-seed0") != "TERMINATED":
+    # kill the driver and its local Ray once the first trial has finished
+    while time.time() < deadline and _tune_status(sweep, "cosine-seed0") != "FINISHED":
         time.sleep(1)
     assert _finished(first), "the first trial did not finish in time"
     assert not _finished(sweep / "runs" / "dot-minmax-local-seed0")
@@ -106,25 +110,58 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
     frame = pd.read_parquet(sweep / "results.parquet")
     for _, trial in frame.groupby("trial"):
         assert sorted(trial["epoch"]) == [1, 2, 3]
-    assert frame.groupby("trial")["finished"].all().all()
+    assert (frame["status"] == "FINISHED").all()
 
 
-def _tune_status(sweep: Path, trial_dir: str):
-    """The status Tune's saved experiment state gives the trial (None before any)."""
-    from orchestrator.sweep import trial_statuses
+def _tune_status(sweep: Path, trial: str):
+    """The status Tune's latest saved experiment state gives the trial (None before)."""
+    from orchestrator.sweep import trial_outcomes
 
     try:
-        return trial_statuses(sweep).get(trial_dir)
-    except (json.JSONDecodeError, KeyError):
+        return {o.name: o.status for o in trial_outcomes(str(sweep))}.get(trial)
+    except (json.JSONDecodeError, KeyError, OSError, ValueError):
         return None  # being written
 
 
 def _finished(run: Path) -> bool:
     """The run's newest checkpoint holds its final epoch."""
-    from orchestrator.sweep import run_history
-
     try:
-        history = run_history(run)
-    except (OSError, RuntimeError, EOFError):
+        history = run_history(str(run))
+    except (OSError, ValueError):
         return False  # being written
     return bool(history) and "test_acc" in history[-1]
+
+
+def test_failed_trial_is_reported_and_resume_reruns_it(ray_local, small_prepared, tmp_path):
+    """A worker of the first trial is killed with no restarts left: the trial fails, the
+    other one runs, the sweep lists the failure, keeps it in results.parquet and the report
+    as ERROR, and exits 1; --resume re-runs the failed trial from its last checkpoint."""
+    sweep = tmp_path / "s"
+    first_run = sweep / "runs" / "cosine-seed0"
+    killer = faults.kill_a_worker_when(lambda: run_history(str(first_run)))
+    result = CliRunner().invoke(cli, [
+        "sweep", "--data", str(small_prepared), "--storage-path", str(tmp_path), "--name", "s",
+        "--variants", "cosine,dot:minmax:global", "--max-concurrent", "1", "--max-failures",
+        "0", *TINY, "--epochs", "3", "--json"])
+    killer.join()
+    assert killer.killed
+    assert result.exit_code == 1, result.output
+    assert "trial cosine-seed0 failed: " in result.stderr
+    frame = pd.read_parquet(sweep / "results.parquet")
+    status = frame.groupby("trial")["status"].first().to_dict()
+    assert status == {"cosine-seed0": "ERROR", "dot-minmax-global-seed0": "FINISHED"}
+    assert frame[frame["trial"] == "cosine-seed0"]["error"].notna().all()
+    report = json.loads(result.stdout)  # the report is printed before the exit
+    failed = report["left_out"]["failed"]
+    assert [t["trial"] for t in failed] == ["cosine-seed0"] and failed[0]["error"]
+    assert report["left_out"]["stopped early by the scheduler"] == []
+    finished_before = sorted(p.name for p in (sweep / "runs" / "dot-minmax-global-seed0")
+                             .glob("checkpoint_*"))
+
+    resumed = CliRunner().invoke(cli, ["sweep", "--resume", str(sweep), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    frame = pd.read_parquet(sweep / "results.parquet")
+    assert (frame["status"] == "FINISHED").all()
+    assert sorted(frame[frame["trial"] == "cosine-seed0"]["epoch"]) == [1, 2, 3]
+    assert sorted(p.name for p in (sweep / "runs" / "dot-minmax-global-seed0")
+                  .glob("checkpoint_*")) == finished_before  # not trained again

@@ -1,25 +1,42 @@
 """Real Ray Train runs (2 DDP workers on CPU/gloo) on a small synthetic corpus: the loss
-falls, resume continues without repeating an epoch, a killed worker is survived, NaN in
-one rank's batch is handled on every rank. (World-size invariance: test_sweep_ray.py.)"""
+falls; a run folder is bound to its config (a re-run with other options trains anew or is
+refused, a finished run is not trained again); Ctrl-C stops `dotsim train` and the printed
+command resumes it to the uninterrupted history; a killed worker is survived; NaN in one
+rank's batch is handled on every rank. (World-size invariance: test_sweep_ray.py.)"""
 
 import json
 import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import faults
 import pytest
+import ray
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.launch import run_training
+from orchestrator.launch import RECORD_FILE, launch, named, run_history, run_location
 from workers.config import RunConfig
-from workers.train import FAULT_ENV, NAN_ENV
+from workers.errors import InputError
+from workers.metrics import EPOCH_METRICS, FINAL_METRICS
 
 pytestmark = pytest.mark.ray
+
+BIN = Path(sys.executable).parent
+TINY = ["--preset", "tiny", "--batch-size", "32", "--clips-per-class", "2"]
+# what two runs of the same config must agree on (timings and memory differ)
+SAME = ("epoch", "train_loss", "train_ce", "train_lpc", "train_shuffled", "train_cos_rec",
+        "val_acc", "val_cos_rec", "lr", "test_acc", "probe_word_from_formant")
 
 
 def _cfg(small_prepared, tmp_path, **changes):
     base = dict(data=str(small_prepared), storage_path=str(tmp_path / "runs"), preset="tiny",
-                batch_size=32, clips_per_class=2, workers=2, cpus_per_worker=1.0, epochs=3,
-                lr=3e-3)
+                batch_size=32, clips_per_class=2, workers=2, cpus_per_worker=1.0, epochs=3)
     return RunConfig(**(base | changes))
 
 
@@ -27,51 +44,145 @@ def _epochs(summary):
     return [h["epoch"] for h in summary["history"]]
 
 
-def test_two_workers_train_and_resume(ray_local, small_prepared, tmp_path):
-    first = run_training(_cfg(small_prepared, tmp_path, epochs=2, run_name="r"), progress=False)
-    assert _epochs(first) == [1, 2]
-    again = run_training(_cfg(small_prepared, tmp_path, epochs=4, run_name="r"), progress=False)
-    history = again["history"]
-    assert _epochs(again) == [1, 2, 3, 4]  # continued at 3: no epoch twice, none missing
-    assert history[:2] == first["history"][:2]
+def _same_history(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for key in SAME:
+            if key in x or key in y:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (key, x, y)
+
+
+def _files(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")
+            if p.is_file() and p.name != RECORD_FILE}
+
+
+def test_a_run_is_bound_to_its_config(ray_local, small_prepared, tmp_path):
+    cfg = named(_cfg(small_prepared, tmp_path, epochs=2))
+    first = launch(cfg, progress=False)
+    assert _epochs(first) == [1, 2] and not first["already_finished"]
+    history = first["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    final = again["metrics"]
-    for key in ("test_acc", "probe_word_from_formant", "probe_speaker_from_residual",
-                "val_cos_rec", "train_cos_shuffled", "samples_per_second", "peak_rss_mb"):
-        assert key in final
-    assert 0 <= final["test_acc"] <= 1 and final["best_epoch"] in (1, 2, 3, 4)
-    record = json.loads((tmp_path / "runs" / "r" / "dotsim_run.json").read_text())
-    assert record["config"]["epochs"] == 4 and "torch" in record["packages"]
+    assert set(EPOCH_METRICS) <= set(history[0]) and set(FINAL_METRICS) <= set(history[-1])
+    assert history[0]["world_size"] == 2
+    folder = Path(run_location(cfg))
+    record = json.loads((folder / RECORD_FILE).read_text())
+    assert record["config"] == cfg.to_dict() and record["run_key"] == cfg.run_key()
+    launch_facts = record["launches"][0]
+    assert launch_facts["packages"]["torch"] == "2.11.0" and launch_facts["code_version"]
+    assert launch_facts["cluster_resources"]["CPU"] == 2
+
+    files = _files(folder)
+    again = launch(cfg, progress=False)  # the same config: its results, nothing trained
+    assert again["already_finished"] and again["history"] == history
+    assert _files(folder) == files
+    assert len(json.loads((folder / RECORD_FILE).read_text())["launches"]) == 2
+
+    for change in ({"lr": 1e-4}, {"epochs": 4}, {"scope": "local"}):
+        with pytest.raises(InputError) as refused:
+            launch(cfg.replace(**change), progress=False)
+        assert f"{next(iter(change))} " in str(refused.value)
+        assert "another --run-name" in str(refused.value)
+    assert _files(folder) == files  # nothing trained, nothing overwritten
+    assert json.loads((folder / RECORD_FILE).read_text())["config"] == cfg.to_dict()
+
+
+def test_rerun_with_another_lr_trains_a_new_run(ray_local, small_prepared, tmp_path):
+    """The issue's case: `train --json`, then `train --lr 0.0001 --json`. The second
+    command used to restore the first run and print its numbers under the new config."""
+    def train(*options):
+        return CliRunner().invoke(cli, [
+            "train", "--data", str(small_prepared), "--storage-path", str(tmp_path), *TINY,
+            "--epochs", "1", "--similarity", "cosine", "--json", *options])
+
+    first = train()
+    assert first.exit_code == 0, first.output
+    second = train("--lr", "0.0001")
+    assert second.exit_code == 0, second.output
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert b["config"]["lr"] == 0.0001 and b["run_name"] != a["run_name"]
+    assert not b["already_finished"] and b["history"][0]["lr"] != a["history"][0]["lr"]
+    assert b["metrics"]["train_loss"] != a["metrics"]["train_loss"]
+
+    third = train()  # the first command again: its run, not trained again
+    assert third.exit_code == 0, third.output
+    c = json.loads(third.stdout)
+    assert c["already_finished"] and c["history"] == a["history"]
+    assert "had already finished" in third.stderr
+
+    reused = train("--lr", "0.0001", "--run-name", a["run_name"])
+    assert reused.exit_code == 2
+    lines = reused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lr 0.004 -> 0.0001" in lines[0], reused.stderr
+
+
+def test_workers_may_change_on_resume_only_without_local_statistics(small_prepared,
+                                                                      tmp_path):
+    """A world-size-independent run (global statistics, or cosine) may resume on another
+    number of workers; a local-scope run may not. Checked before anything trains."""
+    from orchestrator.launch import bind_run
+
+    for scope, allowed in (("global", True), ("local", False)):
+        cfg = named(_cfg(small_prepared, tmp_path, scope=scope, run_name=f"ws-{scope}"))
+        bind_run(cfg, run_location(cfg))
+        fewer = cfg.replace(workers=1)
+        if allowed:
+            bind_run(fewer, run_location(fewer))
+        else:
+            with pytest.raises(InputError, match="depend on the number of workers"):
+                bind_run(fewer, run_location(fewer))
+
+
+def test_ctrl_c_stops_train_and_the_printed_command_resumes_it(ray_local, small_prepared,
+                                                               tmp_path):
+    """SIGINT to a running `dotsim train`: it stops within seconds, exits 130 and prints
+    the resume command; that command finishes the run with the uninterrupted history."""
+    address = ray.get_runtime_context().gcs_address  # the test session's Ray
+    options = ["--data", str(small_prepared), "--storage-path", str(tmp_path / "runs"), *TINY,
+               "--epochs", "3", "--json"]
+    log = tmp_path / "first.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(BIN / "dotsim"), "train", *options, "--address", address],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    cfg = named(_cfg(small_prepared, tmp_path))
+    deadline = time.time() + 300
+    while time.time() < deadline and not run_history(run_location(cfg)):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    stopped = log.read_text().strip().splitlines()[-1]
+    assert "interrupted after epoch" in stopped and "resume it: dotsim train" in stopped
+    assert len(run_history(run_location(cfg))) < 3
+
+    command = shlex.split(stopped.split("resume it: ", 1)[1])
+    assert command[command.index("--run-name") + 1] == cfg.run_name
+    assert command[command.index("--address") + 1] == address
+    resumed = subprocess.run([str(BIN / "dotsim"), *command[1:]], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history = json.loads(resumed.stdout)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    clean = launch(cfg.replace(run_name="uninterrupted"), progress=False)
+    _same_history(history, clean["history"])
 
 
 def test_killed_worker_is_restarted_from_checkpoint(ray_local, small_prepared, tmp_path):
-    marker = tmp_path / "killed-once"
-    cfg = _cfg(small_prepared, tmp_path, epochs=3, run_name="killed", dropout=0.0)
-    summary = run_training(cfg, progress=False, worker_env={FAULT_ENV: f"1:1:{marker}"})
-    assert marker.exists()  # rank 1 really died at the start of epoch 2
+    cfg = named(_cfg(small_prepared, tmp_path, epochs=3, run_name="killed"))
+    killer = faults.kill_a_worker_when(lambda: run_history(run_location(cfg)))
+    summary = launch(cfg, progress=False)
+    killer.join()
+    assert killer.killed  # a worker really died after the first checkpoint
     assert _epochs(summary) == [1, 2, 3]
-    clean = run_training(cfg.replace(run_name="clean"), progress=False)
+    clean = launch(cfg.replace(run_name="clean"), progress=False)
     # the deterministic sampler and per-epoch seeds make the restarted run repeat the
     # uninterrupted one
-    for a, b in zip(summary["history"], clean["history"], strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-9)
-
-
-def test_train_cli_json(ray_local, small_prepared, tmp_path):
-    result = CliRunner().invoke(cli, [
-        "train", "--data", str(small_prepared), "--storage-path", str(tmp_path),
-        "--preset", "tiny", "--epochs", "1", "--batch-size", "32", "--clips-per-class", "2",
-        "--similarity", "cosine", "--run-name", "cli", "--json"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["variant"] == "cosine" and doc["run_name"] == "cli"
-    assert doc["metrics"]["epoch"] == 1 and "test_acc" in doc["metrics"]
+    _same_history(summary["history"], clean["history"])
 
 
 def test_nan_in_one_rank_is_skipped_on_every_rank(ray_local, small_prepared, tmp_path):
     cfg = _cfg(small_prepared, tmp_path, epochs=2, run_name="nan-skip")
-    summary = run_training(cfg, progress=False, worker_env={NAN_ENV: "1:0:2"})
+    summary = launch(cfg, progress=False, loop=faults.nan_loop(rank=1, epoch=0, step=2))
     first, second = summary["history"]
     assert first["skipped_steps"] == 1 and second["skipped_steps"] == 0
     assert math.isfinite(first["train_loss"]) and math.isfinite(second["train_loss"])
@@ -83,7 +194,17 @@ def test_nan_with_stop_fails_clearly_on_every_rank(ray_local, small_prepared, tm
     cfg = _cfg(small_prepared, tmp_path, epochs=2, run_name="nan-stop", on_nonfinite="stop",
                max_failures=0)
     with pytest.raises(ray.train.TrainingFailedError) as failed:
-        run_training(cfg, progress=False, worker_env={NAN_ENV: "1:0:2"})
+        launch(cfg, progress=False, loop=faults.nan_loop(rank=1, epoch=0, step=2))
     text = str(failed.value)
     assert "non-finite" in text and "(rank 1)" in text and "epoch 1 step 2" in text
     assert "Rank 0,1" in text  # both ranks stopped at the same step, none hung
+
+
+def test_no_test_hooks_in_production_modules():
+    """Fault injection lives in the tests (faults.py), not in the packages."""
+    root = Path(__file__).resolve().parents[1]
+    for package in ("losses", "workers", "orchestrator"):
+        for source in (root / package).glob("*.py"):
+            text = source.read_text()
+            assert "DOTSIM_TEST" not in text and "os._exit" not in text, source
+    assert os.environ.get("DOTSIM_TEST_KILL") is None

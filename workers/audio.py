@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from workers import burg
+from workers.errors import InputError
 
 SAMPLE_RATE = 16_000
 CLIP_SAMPLES = 16_000  # 1 s clips
@@ -249,9 +250,9 @@ def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE,
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (samples, ch)
     except (soundfile.SoundFileError, RuntimeError) as err:
         reason = " ".join(str(err).split())
-        raise ValueError(f"cannot read audio file {path}: {reason}") from err
+        raise InputError(f"cannot read audio file {path}: {reason}") from err
     if data.size == 0:
-        raise ValueError(f"audio file {path} holds no samples")
+        raise InputError(f"audio file {path} holds no samples")
     _check_not_truncated(path)
     wave = torch.from_numpy(data).mean(dim=1)
     if rate != sample_rate:
@@ -276,7 +277,7 @@ def _check_not_truncated(path: str | Path) -> None:
             if chunk[:4] == b"data":
                 left = os.fstat(f.fileno()).st_size - f.tell()
                 if size > left:
-                    raise ValueError(f"audio file {path} is truncated: its header promises "
+                    raise InputError(f"audio file {path} is truncated: its header promises "
                                      f"{size} bytes of audio, {left} are there; copy it again")
                 return
             f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes

@@ -7,10 +7,13 @@ it from ``asdict``. Nothing else in dotsim carries a default for these settings.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from losses import NORMS, SCOPES, validate
+from workers.errors import InputError
 
 # Model sizes by name: a small default that trains on 2 CPU cores, larger ones for GPUs.
 PRESETS: dict[str, dict[str, int]] = {
@@ -90,7 +93,8 @@ class RunConfig:
     """Where run folders (checkpoints, results) go; every node must see it. None:
     $DOTSIM_STORAGE, else ~/dotsim_results."""
     run_name: str | None = None
-    """Run folder name; re-using one resumes that run. None: derived from the variant."""
+    """Run folder name; re-using one resumes that run (with the same config only). None:
+    the variant, the seed and a short hash of every field that changes results."""
     checkpoints_to_keep: int = 2
     """Checkpoints kept per run (the best-validation weights travel inside each)."""
     max_failures: int = 1
@@ -101,30 +105,33 @@ class RunConfig:
 
     def __post_init__(self):
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
-        validate(self.similarity, self.norm, self.scope)
+            raise InputError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        try:
+            validate(self.similarity, self.norm, self.scope)
+        except ValueError as err:  # the loss names its allowed values; the user chose them
+            raise InputError(str(err)) from err
         _positive(self, "epochs", "batch_size", "workers", "frames_per_token", "eps",
                   "temperature", "lr", "checkpoints_to_keep")
         if self.clips_per_class < 2:
-            raise ValueError(f"clips_per_class must be >= 2; got {self.clips_per_class}")
+            raise InputError(f"clips_per_class must be >= 2; got {self.clips_per_class}")
         if self.batch_size % self.clips_per_class:
-            raise ValueError(
+            raise InputError(
                 f"batch_size {self.batch_size} is not a multiple of clips_per_class "
                 f"{self.clips_per_class}"
             )
         groups = self.batch_size // self.clips_per_class
         if groups % self.workers:
-            raise ValueError(
+            raise InputError(
                 f"batch_size {self.batch_size} holds {groups} class groups of "
                 f"{self.clips_per_class}, which do not split evenly over {self.workers} workers;"
                 f" use a batch size that is a multiple of {self.clips_per_class * self.workers}"
             )
         if self.on_nonfinite not in ("skip", "stop"):
-            raise ValueError(f"unknown on_nonfinite {self.on_nonfinite!r}; allowed: skip, stop")
+            raise InputError(f"unknown on_nonfinite {self.on_nonfinite!r}; allowed: skip, stop")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+            raise InputError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:
-            raise ValueError("cpus_per_worker must be > 0, max_failures and "
+            raise InputError("cpus_per_worker must be > 0, max_failures and "
                              "threads_per_worker >= 0")
 
     @property
@@ -143,6 +150,32 @@ class RunConfig:
         name = f"{self.similarity}:{self.norm}:{self.scope}"
         return name + ":detached" if self.detach_stats else name
 
+    @property
+    def world_size_independent(self) -> bool:
+        """Whether a run's numbers do not depend on its number of workers: the batches never
+        do (workers.sampler), and the loss does not when its statistics are global or when
+        it has none (cosine over equal rank batches)."""
+        return self.scope == "global" or self.similarity == "cosine"
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that can change a run's numbers (all but RUNTIME_FIELDS)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+
+    def run_key(self) -> str:
+        """A short hash of ``result_fields``: equal keys, equal runs."""
+        text = json.dumps(self.result_fields(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def default_run_name(self) -> str:
+        """``<variant>-seed<seed>-<run_key>``, e.g. ``dot-minmax-global-seed0-1a2b3c4d``."""
+        return f"{self.variant.replace(':', '-')}-seed{self.seed}-{self.run_key()}".replace(
+            "/", "_")
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Names of the result fields in which ``other`` differs from this config."""
+        mine, theirs = self.result_fields(), other.result_fields()
+        return [name for name in mine if mine[name] != theirs[name]]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -152,7 +185,7 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown config field(s) {', '.join(sorted(unknown))}; "
                 f"allowed: {', '.join(sorted(known))}"
             )
@@ -162,10 +195,17 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Fields that say only where a run's files go or how fast it runs: a run may resume with
+# other values, and they are not part of its key. Thread counts can move float round-off,
+# never what is computed.
+RUNTIME_FIELDS = ("storage_path", "run_name", "cpus_per_worker", "threads_per_worker",
+                  "checkpoints_to_keep", "max_failures", "extra")
+
+
 def _positive(cfg: RunConfig, *names: str) -> None:
     for name in names:
         if not getattr(cfg, name) > 0:
-            raise ValueError(f"{name} must be > 0; got {getattr(cfg, name)}")
+            raise InputError(f"{name} must be > 0; got {getattr(cfg, name)}")
 
 
 def field_docs() -> dict[str, str]:
@@ -182,4 +222,4 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-__all__ = ["NORMS", "PRESETS", "SCOPES", "RunConfig", "field_docs"]
+__all__ = ["NORMS", "PRESETS", "RUNTIME_FIELDS", "SCOPES", "RunConfig", "field_docs"]

@@ -14,6 +14,7 @@ import torch
 
 from workers import audio, synth
 from workers.data import SPLITS
+from workers.errors import InputError
 
 SPEECH_COMMANDS_FILE = re.compile(r"^(?P<speaker>[^_/]+)_nohash_(?P<n>\d+)\.wav$")
 
@@ -104,10 +105,10 @@ def speech_commands_chunks(root: Path, *, size: int) -> tuple[list[str], list[Ch
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"source {root} is not a folder")
+        raise InputError(f"source {root} is not a folder")
     words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
     if not words:
-        raise ValueError(f"{root} has no word folders; expected the Speech Commands layout "
+        raise InputError(f"{root} has no word folders; expected the Speech Commands layout "
                          "<word>/<speaker>_nohash_<n>.wav")
     listed = {split: _read_list(root, name) for split, name in
               (("validation", "validation_list.txt"), ("test", "testing_list.txt"))}
@@ -116,17 +117,17 @@ def speech_commands_chunks(root: Path, *, size: int) -> tuple[list[str], list[Ch
         for wav in sorted((root / word).glob("*.wav")):
             relative = f"{word}/{wav.name}"
             if not SPEECH_COMMANDS_FILE.match(wav.name):
-                raise ValueError(f"{relative} does not follow <speaker>_nohash_<n>.wav")
+                raise InputError(f"{relative} does not follow <speaker>_nohash_<n>.wav")
             split = next((s for s, names in listed.items() if relative in names), "train")
             by_split[split].append(relative)
     for split, names in listed.items():
         missing = names - set(by_split[split])
         if missing:
             example = sorted(missing)[0]
-            raise ValueError(f"{len(missing)} clip(s) in {split} list missing on disk, "
+            raise InputError(f"{len(missing)} clip(s) in {split} list missing on disk, "
                              f"e.g. {example}; fix the list or restore the files")
     if not any(by_split.values()):
-        raise ValueError(f"{root} has no .wav clips")
+        raise InputError(f"{root} has no .wav clips")
     label_of = {w: i for i, w in enumerate(words)}
     chunks = []
     for split in SPLITS:
@@ -142,5 +143,5 @@ def speech_commands_chunks(root: Path, *, size: int) -> tuple[list[str], list[Ch
 def _read_list(root: Path, name: str) -> set[str]:
     path = root / name
     if not path.is_file():
-        raise ValueError(f"{root} lacks {name}; expected the Speech Commands v2 layout")
+        raise InputError(f"{root} lacks {name}; expected the Speech Commands v2 layout")
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}

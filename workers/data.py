@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from workers.errors import InputError
+
 SPLITS = ("train", "validation", "test")
 FEATURES = ("speech", "formant", "residual")
 FORMAT_VERSION = 1
@@ -67,7 +69,7 @@ class PreparedWriter:
     def __init__(self, out: Path, *, frames: int, n_mels: int, overwrite: bool = False):
         self.out = Path(out)
         if self.out.exists() and not overwrite:
-            raise ValueError(f"{self.out} already exists; choose another --out or pass "
+            raise InputError(f"{self.out} already exists; choose another --out or pass "
                              "--overwrite")
         self.tmp = self.out.with_name(f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}")
         self.tmp.mkdir(parents=True)
@@ -108,7 +110,7 @@ class PreparedWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(InputError):
     """A prepared folder that is missing, incomplete or inconsistent."""
 
 

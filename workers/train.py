@@ -7,11 +7,14 @@ statistics, the epoch's metric reduction) in the same order, so none waits forev
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +27,10 @@ import torch.nn.functional as F
 from losses import similarity_losses
 from workers.config import RunConfig
 from workers.data import FEATURES, Prepared, Split, load_prepared
+from workers.metrics import HISTORY_FILE, SELECTION_METRIC, STEP_METRICS
 from workers.model import KeywordModel
 from workers.probes import linear_probe_accuracy
-from workers.sampler import epoch_batches
+from workers.sampler import LocalBatch, epoch_batches
 
 CHECKPOINT_FILE = "state.pt"
 EVAL_BATCH = 256
@@ -55,10 +59,27 @@ class TrainState:
     best_model: dict | None = None
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One rank's share of a step, on its device: the features (B, frames, n_mels) in
+    FEATURES order, the labels (B,), and for each clip the position in this batch of the
+    clip whose formant / residual part its shuffled reconstruction borrows (B,)."""
+
+    features: tuple[torch.Tensor, ...]
+    labels: torch.Tensor
+    formant_partner: torch.Tensor
+    residual_partner: torch.Tensor
+
+    def replace(self, **changes) -> Batch:
+        return dataclasses.replace(self, **changes)
+
+
 # --- the loop ------------------------------------------------------------------------
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict, *, step: StepFn | None = None) -> None:
+    """What every Ray Train worker runs. ``step`` replaces ``train_step`` (same signature):
+    a caller that wants to see or change every step (a test, a benchmark) wraps it."""
     cfg = RunConfig.from_dict(config)
     ctx = _rank_context(cfg)
     data = load_prepared(cfg.data)
@@ -71,10 +92,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     for epoch in range(state.epoch, cfg.epochs):
         _seed_dropout(cfg, epoch, ctx)
-        maybe_inject_fault(epoch, ctx)
-        train_metrics = train_epoch(ddp_model, optimizer, splits["train"], cfg, epoch, ctx)
+        train_metrics = train_epoch(ddp_model, optimizer, splits["train"], cfg, epoch, ctx,
+                                    step=step or train_step)
         val = evaluate(model, splits["validation"], ctx)
-        metrics = {"epoch": epoch + 1, **train_metrics, **_prefixed("val_", val)}
+        metrics = {"epoch": epoch + 1, **train_metrics, "world_size": ctx.world_size,
+                   **_prefixed("val_", val)}
         state = _track_best(state, model, metrics)
         if epoch + 1 == cfg.epochs:
             metrics.update(final_evaluation(model, state, splits, ctx))
@@ -135,17 +157,18 @@ def _seed_dropout(cfg: RunConfig, epoch: int, ctx: RankContext) -> None:
 
 
 def train_epoch(model, optimizer, train: Split, cfg: RunConfig, epoch: int,
-                ctx: RankContext) -> dict[str, float]:
+                ctx: RankContext, *, step: StepFn | None = None) -> dict[str, float]:
+    step_fn = step or train_step
     model.train()
     batches = epoch_batches(train.labels.cpu().numpy(), classes_per_batch=cfg.groups_per_batch,
                             clips_per_class=cfg.clips_per_class, seed=cfg.seed, epoch=epoch)
     sums = torch.zeros(len(STEP_METRICS), dtype=torch.float64)
     skipped = 0
     start = time.perf_counter()
-    for step, batch in enumerate(batches):
-        _set_lr(optimizer, cfg, epoch * len(batches) + step, cfg.epochs * len(batches))
-        local = batch.for_rank(ctx.rank, ctx.world_size)
-        metrics = train_step(model, optimizer, train, local, cfg, ctx, (epoch, step))
+    for index, global_batch in enumerate(batches):
+        _set_lr(optimizer, cfg, epoch * len(batches) + index, cfg.epochs * len(batches))
+        batch = gather_batch(train, global_batch.for_rank(ctx.rank, ctx.world_size), ctx)
+        metrics = step_fn(model, optimizer, batch, cfg, ctx, (epoch, index))
         if metrics is None:
             skipped += 1  # every rank skips the same step
         else:
@@ -162,30 +185,33 @@ def train_epoch(model, optimizer, train: Split, cfg: RunConfig, epoch: int,
     }
 
 
-STEP_METRICS = ("train_loss", "train_ce", "train_lpc", "train_shuffled", "train_cos_rec",
-                "train_cos_shuffled")
-
-
-def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankContext,
-               where: tuple[int, int]):
-    """One optimisation step on this rank's groups; returns STEP_METRICS as a tensor, or
-    None when a loss part or gradient was not finite and the step was skipped."""
+def gather_batch(train: Split, local: LocalBatch, ctx: RankContext) -> Batch:
+    """This rank's rows of the step, indexed out of the split on the device."""
     rows = torch.as_tensor(local.indices, device=ctx.device)
-    feats = [train.features[name][rows] for name in FEATURES]
-    feats[0] = maybe_inject_nan(feats[0], where, ctx)
-    labels = train.labels[rows]
+    return Batch(
+        features=tuple(train.features[name][rows] for name in FEATURES),
+        labels=train.labels[rows],
+        formant_partner=torch.as_tensor(local.formant_partner, device=ctx.device),
+        residual_partner=torch.as_tensor(local.residual_partner, device=ctx.device),
+    )
+
+
+def train_step(model, optimizer, batch: Batch, cfg: RunConfig, ctx: RankContext,
+               where: tuple[int, int], *, loss_fn=similarity_losses):
+    """One optimisation step on this rank's groups; returns STEP_METRICS as a tensor, or
+    None when a loss part or gradient was not finite and the step was skipped.
+    ``loss_fn`` has ``losses.similarity_losses``' signature (a benchmark swaps it)."""
     with _autocast(cfg, ctx):
-        emb, emb_formant, emb_residual, logits = model(*feats)
-    ce = F.cross_entropy(logits.float(), labels)
+        emb, emb_formant, emb_residual, logits = model(*batch.features)
+    ce = F.cross_entropy(logits.float(), batch.labels)
     emb_rec = emb_formant + emb_residual
     # the shuffled reconstruction borrows formant and residual from two other clips of
     # the same group (never the clip itself)
-    shuffled = (emb_formant[torch.as_tensor(local.formant_partner, device=ctx.device)]
-                + emb_residual[torch.as_tensor(local.residual_partner, device=ctx.device)])
+    shuffled = emb_formant[batch.formant_partner] + emb_residual[batch.residual_partner]
     loss_kwargs = {"similarity": cfg.similarity, "norm": cfg.norm, "scope": cfg.scope,
                    "eps": cfg.eps, "detach_stats": cfg.detach_stats}
     # both terms in one call: in global scope they share one set of collectives
-    lpc, shuf = similarity_losses(emb, [emb_rec, shuffled], **loss_kwargs).unbind()
+    lpc, shuf = loss_fn(emb, [emb_rec, shuffled], **loss_kwargs).unbind()
     total = ce + cfg.w_lpc * lpc + cfg.w_shuffled * shuf
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -199,6 +225,9 @@ def train_step(model, optimizer, train: Split, local, cfg: RunConfig, ctx: RankC
         cos_rec = F.cosine_similarity(emb.float(), emb_rec.float(), dim=-1).mean()
         cos_shuf = F.cosine_similarity(emb.float(), shuffled.float(), dim=-1).mean()
     return torch.stack([total, ce, lpc, shuf, cos_rec, cos_shuf]).detach().double().cpu()
+
+
+StepFn = Callable[..., "torch.Tensor | None"]  # train_step's signature
 
 
 class NonFiniteLossError(RuntimeError):
@@ -300,8 +329,8 @@ def evaluate(model, split: Split, ctx: RankContext) -> dict[str, float]:
 
 
 def _track_best(state: TrainState, model, metrics: dict) -> TrainState:
-    if metrics["val_acc"] > state.best_val_acc:
-        state.best_val_acc = metrics["val_acc"]
+    if metrics[SELECTION_METRIC] > state.best_val_acc:
+        state.best_val_acc = metrics[SELECTION_METRIC]
         state.best_epoch = metrics["epoch"]
         state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return state
@@ -358,7 +387,9 @@ def _prefixed(prefix: str, values: dict) -> dict:
 
 
 def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext) -> None:
-    """Every rank reports the metrics; rank 0 attaches the checkpoint."""
+    """Every rank reports the metrics; rank 0 attaches the checkpoint: ``state.pt`` (weights,
+    optimizer, best weights) and ``history.json`` (every epoch's metrics so far, for
+    readers that need no weights)."""
     if ctx.rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -367,19 +398,16 @@ def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext)
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": state.epoch,
-            "history": state.history,
             "best_val_acc": state.best_val_acc,
             "best_epoch": state.best_epoch,
             "best_model": state.best_model,
         }
-        # written under a temporary name and renamed: never a half-written state.pt
+        # written under temporary names and renamed: never a half-written file
         torch.save(payload, Path(tmp) / (CHECKPOINT_FILE + ".tmp"))
         os.replace(Path(tmp) / (CHECKPOINT_FILE + ".tmp"), Path(tmp) / CHECKPOINT_FILE)
+        (Path(tmp) / (HISTORY_FILE + ".tmp")).write_text(json.dumps(state.history))
+        os.replace(Path(tmp) / (HISTORY_FILE + ".tmp"), Path(tmp) / HISTORY_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def load_checkpoint(directory: str | Path) -> dict:
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 def restore(model, optimizer) -> TrainState:
@@ -388,42 +416,11 @@ def restore(model, optimizer) -> TrainState:
     if checkpoint is None:
         return TrainState()
     with checkpoint.as_directory() as directory:
-        saved = load_checkpoint(directory)
+        saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu",
+                           weights_only=True)
+        history = json.loads((Path(directory) / HISTORY_FILE).read_text())
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    return TrainState(epoch=saved["epoch"], history=saved["history"],
+    return TrainState(epoch=saved["epoch"], history=history,
                       best_val_acc=saved["best_val_acc"], best_epoch=saved["best_epoch"],
                       best_model=saved["best_model"])
-
-
-# --- fault injection for tests -------------------------------------------------------
-
-FAULT_ENV = "DOTSIM_TEST_KILL"
-NAN_ENV = "DOTSIM_TEST_NAN"
-
-
-def maybe_inject_nan(speech: torch.Tensor, where: tuple[int, int],
-                     ctx: RankContext) -> torch.Tensor:
-    """``DOTSIM_TEST_NAN=RANK:EPOCH:STEP`` (0-based): NaN in that rank's batch there."""
-    spec = os.environ.get(NAN_ENV)
-    if spec and [int(x) for x in spec.split(":")] == [ctx.rank, *where]:
-        return torch.full_like(speech, float("nan"))
-    return speech
-
-
-def maybe_inject_fault(epoch: int, ctx: RankContext) -> None:
-    """Kill this worker process once, for the fault-tolerance tests.
-
-    ``DOTSIM_TEST_KILL=RANK:EPOCH:MARKER_FILE`` makes rank RANK exit hard at the start of
-    epoch EPOCH (0-based) unless MARKER_FILE exists; it creates the file first, so the
-    restarted worker group runs through.
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    rank, at_epoch, marker = spec.split(":", 2)
-    if ctx.rank == int(rank) and epoch == int(at_epoch) and not os.path.exists(marker):
-        Path(marker).touch()
-        os._exit(1)
-
-

@@ -1,0 +1,54 @@
+"""Faults the tests inject from outside the production code: a training step that feeds
+NaN to one rank (the training loop takes the step function as a parameter), and a kill of
+a Ray Train worker process (found by its process title, as an operator would)."""
+
+import functools
+import sys
+import threading
+import time
+
+import psutil
+import torch
+from ray import cloudpickle
+
+from workers.train import train_loop_per_worker, train_step
+
+# Ray workers cannot import this test-only module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _nan_step(at, model, optimizer, batch, cfg, ctx, where, **kwargs):
+    if (ctx.rank, *where) == at:
+        speech, *rest = batch.features
+        batch = batch.replace(features=(torch.full_like(speech, float("nan")), *rest))
+    return train_step(model, optimizer, batch, cfg, ctx, where, **kwargs)
+
+
+def nan_loop(rank: int, epoch: int, step: int):
+    """The training loop, with NaN speech features in ``rank``'s batch at (epoch, step),
+    both 0-based."""
+    return functools.partial(train_loop_per_worker,
+                             step=functools.partial(_nan_step, (rank, epoch, step)))
+
+
+def train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def kill_a_worker_when(condition, timeout_s: float = 300.0) -> threading.Thread:
+    """In the background: once ``condition()`` holds, kill one Ray Train worker process
+    (SIGKILL, as the kernel's OOM killer would). The thread's ``killed`` list holds its pid."""
+    def watch():
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if condition() and (workers := train_workers()):
+                workers[-1].kill()
+                thread.killed.append(workers[-1].pid)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.killed = []
+    thread.start()
+    return thread

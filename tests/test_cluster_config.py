@@ -1,0 +1,349 @@
+"""cluster.yaml and `dotsim cluster` without a cloud.
+
+A real `ray up` on AWS cannot run here: there are no AWS credentials and no network. So
+these tests check what can be checked offline, each with Ray's own code where Ray has it:
+the file against Ray's schema (`prepare_config` + `validate_config`, as `ray up` does);
+what Ray's rsync command (`SSHCommandRunner.run_rsync_up`, with `rsync_exclude` and
+`rsync_filter`) copies from a checkout, run locally with rsync; the token-auth, dashboard
+and head-resource settings; and that `dotsim cluster up` stops with exit 2 and one line,
+before `ray up` is called, when boto3, AWS credentials or a file to sync are missing.
+Only the `ray up` subprocess call is patched, and only to see whether it was made.
+"""
+
+import copy
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import types
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import ray
+import yaml
+from click.testing import CliRunner
+
+from orchestrator import cluster as launcher
+from orchestrator import submit as jobs
+from orchestrator.auth import TOKEN_FILE
+from orchestrator.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
+CONTAINER_HOME = "/home/ray"  # HOME of the rayproject/ray images' user
+FILLED = {"ami-00000000000000000": "ami-0123456789abcdef0",
+          "fs-00000000": "fs-0123456789abcdef0"}
+
+
+def filled_in(tmp_path: Path, keep: tuple[str, ...] = ()) -> Path:
+    """cluster.yaml with its placeholders replaced (except those in ``keep``)."""
+    text = CLUSTER_YAML.read_text()
+    for placeholder, value in FILLED.items():
+        if placeholder not in keep:
+            text = text.replace(placeholder, value)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return path
+
+
+def config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def one_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+# --- Ray's validation and the placeholders ------------------------------------------------
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config())))
+
+
+def test_filled_in_cluster_yaml_passes_validate(tmp_path):
+    path = filled_in(tmp_path)
+    assert launcher.validate(path)["available_node_types"]["gpu_worker"]["node_config"][
+        "ImageId"] == FILLED["ami-00000000000000000"]
+    result = CliRunner().invoke(cli, ["cluster", "validate", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("keep,keys", [
+    (("fs-00000000",), ["initialization_commands/1"]),
+    (("ami-00000000000000000",), ["available_node_types/head/node_config/ImageId",
+                                  "available_node_types/gpu_worker/node_config/ImageId"]),
+    (tuple(FILLED), ["initialization_commands/1", "ImageId"]),
+])
+def test_placeholders_are_refused_with_one_line(tmp_path, keep, keys):
+    path = filled_in(tmp_path, keep=keep)
+    with mock.patch("orchestrator.cluster.subprocess.call") as call:
+        for action in ("validate", "up"):
+            result = CliRunner().invoke(cli, ["cluster", action, "--config", str(path)])
+            assert result.exit_code == 2, result.output
+            line = one_line(result)
+            assert all(key in line for key in keys), line
+            assert all(placeholder in line for placeholder in keep), line
+            assert "replace the placeholder" in line and "Traceback" not in result.output
+    call.assert_not_called()
+
+
+def test_shipped_cluster_yaml_names_both_placeholders():
+    result = CliRunner().invoke(cli, ["cluster", "validate", "--config", str(CLUSTER_YAML)])
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "ImageId" in line and "EFS file system's id" in line
+    assert "Deep Learning Base OSS Nvidia Driver GPU AMI" in line
+
+
+def test_the_pins_match_the_installed_packages():
+    """The image carries the launcher's Ray (head and client must agree), and the comment
+    that states the driver requirement names the torch that setup_commands installs."""
+    image = config()["docker"]["image"]
+    assert image == f"rayproject/ray:{ray.__version__}-py311-gpu"
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_pin = next(p for p in pins if p.startswith("torch=="))
+    text = CLUSTER_YAML.read_text()
+    assert f"torch {torch_pin.split('==')[1]} from PyPI" in text
+    assert "driver 580 or newer" in text and "cu130" in text
+
+
+# --- what gets synced ---------------------------------------------------------------------
+
+
+SOURCE = ["pyproject.toml", "README.md", ".gitignore", "losses/__init__.py",
+          "workers/data.py", "workers/train.py", "orchestrator/cli.py", "tests/test_x.py",
+          ".ci/run"]
+NOT_SYNCED = [".venv/lib/python3.11/site-packages/torch/__init__.py", ".venv/pyvenv.cfg",
+              ".git/HEAD", ".git/objects/ab/cdef", "data/sc2/meta.json",
+              "data/sc2/train/part-0.parquet", "results/sweep/results.parquet",
+              "workers/__pycache__/data.cpython-311.pyc", "__pycache__/x.pyc",
+              ".pytest_cache/v/cache/nodeids", ".ruff_cache/0.6/x", ".hypothesis/examples/x",
+              "dotsim.egg-info/PKG-INFO", "build/lib/losses/__init__.py", "stray.parquet"]
+
+
+def rays_rsync_command(source: str, target: str, options: dict) -> list[str]:
+    """The rsync command Ray's SSHCommandRunner builds for a file mount, with its ssh
+    transport and remote host taken out so that it runs locally."""
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+    recorded = []
+    runner = SSHCommandRunner(
+        log_prefix="", node_id="node", provider=None,
+        auth_config={"ssh_user": "ubuntu", "ssh_proxy_use_node_id": True},
+        cluster_name="dotsim", use_internal_ip=False,
+        process_runner=types.SimpleNamespace(
+            DEVNULL=subprocess.DEVNULL, check_call=lambda cmd, **kw: recorded.append(cmd)))
+    runner.run_rsync_up(source, target, options=options)
+    (argv,) = recorded
+    rsh = argv.index("--rsh")
+    argv = argv[:rsh] + argv[rsh + 2:]
+    assert argv[0] == "rsync" and argv[-1] == f"ubuntu@node:{target}"
+    return argv[:-1] + [target]
+
+
+def sync(source: Path, target: Path, options: dict) -> set[str]:
+    """Sync a folder as Ray's updater does (trailing slashes on both ends), return what
+    arrived."""
+    argv = rays_rsync_command(f"{source}/", f"{target}/", options)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode in (0, 24), done.stderr  # 24: a file vanished while copying
+    return {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def rsync_options():
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (`ray up` needs it too: apt-get install rsync)")
+    c = config()
+    return {"rsync_exclude": c["rsync_exclude"], "rsync_filter": c["rsync_filter"]}
+
+
+def test_only_the_source_is_synced_to_the_head_and_on_to_the_workers(tmp_path,
+                                                                     rsync_options):
+    checkout = tmp_path / "checkout"
+    for name in SOURCE + NOT_SYNCED:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("x")
+    shutil.copy(REPO / ".gitignore", checkout / ".gitignore")
+    head = sync(checkout, tmp_path / "head", rsync_options)
+    assert head == set(SOURCE)
+    # the head's autoscaler syncs its copy to each worker with the same options
+    assert sync(tmp_path / "head", tmp_path / "worker", rsync_options) == set(SOURCE)
+
+
+def test_the_real_checkout_syncs_its_source_and_nothing_heavy(tmp_path, rsync_options):
+    synced = sync(REPO, tmp_path / "head", rsync_options)
+    for name in ("pyproject.toml", "README.md", "orchestrator/cluster.py",
+                 "workers/train.py", "losses/__init__.py"):
+        assert name in synced
+    heavy = [".venv", ".git", "data", "results", "__pycache__", ".pytest_cache",
+             ".ruff_cache", ".hypothesis", "dotsim.egg-info"]
+    assert not [n for n in synced if set(Path(n).parts) & set(heavy)]
+    assert not [n for n in synced if n.endswith((".parquet", ".pyc"))]
+    assert sum((tmp_path / "head" / n).stat().st_size for n in synced) < 20 * 2**20
+
+
+def test_single_file_mounts_are_not_filtered_out(tmp_path, rsync_options):
+    """The token and Ray's bootstrap files are synced with the same options."""
+    for name in ("auth_token", "ray-bootstrap-abc123", "ray_bootstrap_key.pem"):
+        (tmp_path / name).write_text("x")
+        argv = rays_rsync_command(str(tmp_path / name), str(tmp_path / f"{name}.copy"),
+                                  rsync_options)
+        subprocess.run(argv, check=True, capture_output=True)
+        assert (tmp_path / f"{name}.copy").read_text() == "x"
+
+
+def test_cluster_sync_and_job_upload_leave_out_the_same_things():
+    assert set(jobs.EXCLUDES) <= set(config()["rsync_exclude"])
+
+
+# --- token auth, dashboard, head resource -------------------------------------------------
+
+
+def start_command(commands: list[str], marker: str) -> str:
+    (line,) = [c for c in commands if marker in c]
+    return line
+
+
+def start_env(line: str) -> dict[str, str]:
+    """The VAR=value assignments in front of `ray start` in a start command."""
+    words = shlex.split(line.split(";")[-1])
+    env = dict(w.split("=", 1) for w in words[:words.index("ray")])
+    assert words[words.index("ray") + 1] == "start"
+    return env
+
+
+def test_token_auth_is_on_for_head_and_workers_with_the_launchers_token():
+    c = config()
+    head = start_command(c["head_start_ray_commands"], "ray start --head")
+    worker = start_command(c["worker_start_ray_commands"], "ray start --address")
+    # RAY_AUTH_MODE=token: `ray start` then refuses to run without a token
+    assert start_env(head)["RAY_AUTH_MODE"] == "token"
+    assert start_env(worker)["RAY_AUTH_MODE"] == "token"
+    assert "export RAY_AUTH_MODE=token" in " ".join(c["setup_commands"])  # `ray exec`
+    # the token: this machine's (which `dotsim submit` sends) at Ray's default path on
+    # every node
+    token_path = f"{CONTAINER_HOME}/.ray/auth_token"
+    assert c["file_mounts"][token_path] == str(TOKEN_FILE)
+    with mock.patch.dict(os.environ, {"HOME": CONTAINER_HOME}):
+        from ray._private.authentication.authentication_token_setup import (
+            _get_default_token_path,
+        )
+
+        assert str(_get_default_token_path()) == token_path
+    assert "cluster_synced_files" not in c  # file_mounts already reach every worker
+
+
+def test_the_head_lets_train_wait_for_new_gpu_nodes():
+    """A new GPU node boots, pulls the image and installs torch before it joins: Ray
+    Train's default wait for its worker group (60 s) is far too short for that."""
+    from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+
+    head = start_command(config()["head_start_ray_commands"], "ray start --head")
+    assert float(start_env(head)[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR]) >= 600
+
+
+def test_dashboard_listens_on_127_0_0_1_only():
+    head = start_command(config()["head_start_ray_commands"], "ray start --head")
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in CLUSTER_YAML.read_text()
+
+
+def test_only_the_head_has_the_custom_resource():
+    types_ = config()["available_node_types"]
+    head = types_[config()["head_node_type"]]
+    assert head["resources"][launcher.HEAD_RESOURCE] >= 100
+    for name, node_type in types_.items():
+        if node_type is not head:
+            assert launcher.HEAD_RESOURCE not in node_type["resources"], name
+
+
+def test_the_aws_extra_brings_boto3():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(r.startswith("boto3") for r in extras["aws"])
+    assert "dotsim[aws]" in extras["dev"]
+
+
+# --- `dotsim cluster up` before `ray up` --------------------------------------------------
+
+
+@pytest.fixture
+def no_aws(tmp_path, monkeypatch):
+    """A HOME without ~/.aws or a Ray token, no AWS_* variables; and the instance-metadata
+    service off, so that nothing here could ever make a network call."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return home
+
+
+def up(path: Path):
+    with mock.patch("orchestrator.cluster.subprocess.call", return_value=0) as call:
+        result = CliRunner().invoke(cli, ["cluster", "up", "--config", str(path)])
+    return result, call
+
+
+def test_up_without_aws_credentials_stops_before_ray_up(tmp_path, no_aws):
+    result, call = up(filled_in(tmp_path))
+    assert result.exit_code == 2, result.output
+    line = one_line(result)
+    assert "no AWS credentials" in line
+    assert "aws configure" in line and "AWS_PROFILE" in line and "AWS_ACCESS_KEY_ID" in line
+    call.assert_not_called()
+
+
+def test_up_with_a_missing_aws_profile_stops_before_ray_up(tmp_path, no_aws, monkeypatch):
+    monkeypatch.setenv("AWS_PROFILE", "nowhere")
+    result, call = up(filled_in(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert "nowhere" in one_line(result)
+    call.assert_not_called()
+
+
+def test_up_without_boto3_names_the_extra(tmp_path, no_aws, monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if not installed
+    result, call = up(filled_in(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert "pip install -e '.[aws]'" in one_line(result)
+    call.assert_not_called()
+
+
+@pytest.fixture
+def fake_aws_keys(no_aws, monkeypatch):
+    """Credentials in the environment: found offline, never sent anywhere here."""
+    if shutil.which("rsync") is None or shutil.which("ssh") is None:
+        pytest.skip("`ray up` needs ssh and rsync on the launching machine")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-key")
+    return no_aws
+
+
+def test_up_without_a_ray_token_says_how_to_make_one(tmp_path, fake_aws_keys):
+    result, call = up(filled_in(tmp_path))
+    assert result.exit_code == 2, result.output
+    line = one_line(result)
+    assert "~/.ray/auth_token" in line and "ray get-auth-token --generate" in line
+    call.assert_not_called()
+
+
+def test_up_with_everything_in_place_calls_ray_up(tmp_path, fake_aws_keys):
+    (fake_aws_keys / ".ray").mkdir()
+    (fake_aws_keys / ".ray" / "auth_token").write_text("t" * 32)
+    path = filled_in(tmp_path)
+    result, call = up(path)
+    assert result.exit_code == 0, result.output
+    argv = call.call_args.args[0]
+    assert argv[3:6] == ["up", "-y", str(path)]
