@@ -30,7 +30,7 @@ def train(cfg: RunConfig, device: torch.device) -> list[dict]:
     torch.manual_seed(cfg.seed)
     data = load_prepared(cfg.data, splits=("train",))
     split = wt.FeatureNorm.fit(data.splits["train"])(data.splits["train"], device)
-    model = wt.build_model(cfg, data).to(device)
+    model = wt.build_model(cfg, data.meta, classes=len(data.labels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

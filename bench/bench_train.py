@@ -59,7 +59,7 @@ def _setup_rank(rank, world_size, init_file, cfg):
     ctx = wt.RankContext(rank, world_size, torch.device("cpu"))
     data = load_prepared(cfg.data, splits=("train",))
     train = wt.FeatureNorm.fit(data.splits["train"])(data.splits["train"], ctx.device)
-    model = wt.build_model(cfg, data)
+    model = wt.build_model(cfg, data.meta, classes=len(data.labels))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     return ctx, train, ddp, optimizer

@@ -36,12 +36,17 @@ class UserError(click.ClickException):
 
 # Fields that have their own option name or are not for the command line.
 _OPTION_NAMES = {"gpu": "--gpu/--cpu"}
-_NOT_OPTIONS = {"extra"}
+_NOT_OPTIONS = {"extra", "class_order"}  # class_order: --class-order FILE
 
 
 def config_options(func):
     """One Click option per RunConfig field, named after it (kebab-case). Defaults stay in
     RunConfig: an option left out is not passed, and its help shows RunConfig's default."""
+    func = click.option(
+        "--class-order", "class_order_file", type=click.Path(path_type=Path), default=None,
+        help="fskil: a file of words, one a line (# comments allowed): the base words, then "
+             "each session's, e.g. a lab's own split [default: the FSKIL reference's order "
+             "for the Speech Commands words].")(func)
     docs = field_docs()
     hints = typing.get_type_hints(RunConfig)
     for f in reversed(dataclasses.fields(RunConfig)):
@@ -62,7 +67,24 @@ def config_options(func):
 
 def build_config(options: dict) -> RunConfig:
     """RunConfig from the options the user gave (None means: RunConfig's default)."""
-    return RunConfig(**{k: v for k, v in options.items() if v is not None})
+    return RunConfig(**{k: v for k, v in options.items()
+                        if v is not None and k != "class_order_file"})
+
+
+def with_data(cfg: RunConfig, options: dict) -> RunConfig:
+    """``cfg`` with its data folder resolved and checked (the synthetic corpus, prepared
+    once, when none is given), and the words of a --class-order file checked against it."""
+    cfg = _resolve_data(cfg)
+    order_file = options.get("class_order_file")
+    if order_file is None:
+        return cfg
+    if cfg.protocol != "fskil":
+        raise UserError("--class-order orders the words of --protocol fskil; add it")
+    from workers.data import read_meta
+    from workers.fskil import read_class_order
+
+    labels = read_meta(cfg.data)["labels"]
+    return cfg.replace(class_order=read_class_order(order_file, labels, cfg.fskil))
 
 
 def address_option(func):
@@ -185,7 +207,7 @@ def train(address, dashboard, as_json, **options):
                         "--address of a GPU cluster")
     from orchestrator.launch import RunInterrupted, launch, named, ray_session
 
-    cfg = named(_resolve_data(cfg))
+    cfg = named(with_data(cfg, options))
     with ray_session(address, num_cpus=_local_cpus(cfg), dashboard=dashboard):
         if not address:  # a cluster behind --address may autoscale to what is missing
             _check_resources(cfg)
@@ -278,7 +300,7 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
         raise UserError("--seeds must be >= 1")
     trials = sweep_variants.trial_configs(chosen, seeds,
                                           sweep_variants.parse_grid(list(grid_items)), sizes)
-    base = _resolve_data(base)
+    base = with_data(base, options)
     if sizes:
         base = base.replace(dropout=0.0)
     folder = storage.join(storage.resolve(base.storage_path or default_storage()),
@@ -501,6 +523,8 @@ def _print_report(sweep_dir: str, as_json: bool, baseline: str | None = None,
     result = reports.build_report(storage.resolve(sweep_dir), baseline=baseline)
     if plot:
         result["plot"] = reports.plot(storage.resolve(sweep_dir))
+        if sessions := reports.plot_sessions(result):
+            result["sessions_plot"] = sessions
     click.echo(json.dumps(result, default=str) if as_json else reports.to_markdown(result))
 
 

@@ -2,11 +2,13 @@
 
 Reads a sweep's ``results.parquet`` (one row per trial and epoch, with each trial's
 status). Per variant: the summary metrics as mean and 95% t-interval over its finished
-seeds; each variant against a baseline, paired by seed, with a bootstrap interval, a
-t-test, Holm's correction across the variants compared, and the smallest difference the
-seeds could detect; the trials left out, by why (failed, stopped early, unfinished); for a
-world-size study, how far each world size's curve moves from world size 1. Writes
-``comparison.png`` beside the results.
+seeds; each variant against a baseline on every comparison metric, paired by seed, with a
+bootstrap interval, a t-test, Holm's correction across the variants compared, and the
+smallest difference the seeds could detect; the trials left out, by why (failed, stopped
+early, unfinished); under the FSKIL protocol, every session's accuracies and the plain
+log-mel baseline; for a world-size study, how far each world size's curve moves from
+world size 1. Writes ``comparison.png`` (and ``sessions.png`` under FSKIL) beside the
+results.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from orchestrator import stats
 from orchestrator.sweep import RESULTS_FILE, read_definition
 from workers import storage
 from workers.errors import InputError
-from workers.metrics import COMPARISON_METRIC
+from workers.metrics import (
+    COMPARISON_METRIC,
+    FSKIL_KINDS,
+    comparison_metrics,
+    session_metric,
+)
 
 SUMMARY_METRICS = {
     "val_acc_final": "final validation accuracy",
@@ -33,6 +40,14 @@ SUMMARY_METRICS = {
     "probe_word_from_formant": "probe: word from emb_formant",
     "probe_speaker_from_residual": "probe: speaker from emb_residual",
     "minutes": "training minutes",
+}
+FSKIL_METRICS = {
+    "fskil_mean_acc": "FSKIL: accuracy, mean over sessions",
+    "fskil_last_acc": "FSKIL: last-session accuracy",
+    "fskil_last_harmonic": "FSKIL: last-session harmonic mean",
+    "logmel_mean_acc": "log-mel baseline: accuracy, mean over sessions",
+    "logmel_last_acc": "log-mel baseline: last-session accuracy",
+    "logmel_last_harmonic": "log-mel baseline: last-session harmonic mean",
 }
 # A difference worth knowing about, in the units of an accuracy: one point.
 DIFFERENCE_OF_INTEREST = 0.01
@@ -49,36 +64,63 @@ def load_results(sweep_dir: str) -> pd.DataFrame:
     return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
 
 
+def summary_metrics(protocol: str) -> dict[str, str]:
+    return {**SUMMARY_METRICS, **(FSKIL_METRICS if protocol == "fskil" else {})}
+
+
 def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: its status, error and the summary metrics of its history."""
+    """One row per trial: its status, error and the summary metrics of its history (and
+    every final metric, such as each FSKIL session's accuracies, as it was reported)."""
+    finals = [c for c in frame.columns if c.startswith(("fskil_", "logmel_"))]
     rows = []
     for trial, h in frame.sort_values("epoch").groupby("trial", sort=False):
         last, epochs = h.iloc[-1], h.dropna(subset=["epoch"])
         row = {"trial": trial, "variant": last["variant"], "grid": last["grid"],
                "seed": int(last["seed"]), "workers": int(last["workers"]),
                "status": last["status"], "error": last.get("error"),
-               "epochs_done": len(epochs), **dict.fromkeys(SUMMARY_METRICS, np.nan)}
+               "epochs_done": len(epochs), **dict.fromkeys([*SUMMARY_METRICS, *finals], np.nan)}
         if len(epochs):
             final = epochs.iloc[-1]
             row |= {"val_acc_final": final["val_acc"], "val_acc_best": epochs["val_acc"].max(),
                     "train_cos_rec": final["train_cos_rec"],
                     "train_cos_shuffled": final["train_cos_shuffled"],
                     "minutes": epochs["epoch_seconds"].sum() / 60,
-                    **{m: final.get(m, np.nan) for m in (COMPARISON_METRIC,
+                    **{m: final.get(m, np.nan) for m in (COMPARISON_METRIC, *finals,
                        "probe_word_from_formant", "probe_speaker_from_residual")}}
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summarise(trials: pd.DataFrame) -> list[dict]:
+def summarise(trials: pd.DataFrame, protocol: str = "standard") -> list[dict]:
     """Per variant (and grid point): the metrics over its finished seeds."""
     out = []
     for (variant, grid), group in trials.groupby(["variant", "grid"], sort=False):
         done = group[group["status"] == "FINISHED"]
         out.append({
             "variant": variant, "grid": json.loads(grid), "seeds": sorted(done["seed"]),
-            **{m: _interval(done[m]) for m in SUMMARY_METRICS},
+            **{m: _interval(done[m]) for m in summary_metrics(protocol)},
         })
+    return out
+
+
+def sessions(trials: pd.DataFrame, protocol: str) -> list[dict]:
+    """FSKIL: per variant (and grid point), each session's four accuracies over its
+    finished seeds, then the plain log-mel baseline's (the same for every variant up to
+    the shots each seed draws: it is averaged over all finished trials)."""
+    done = trials[trials["status"] == "FINISHED"]
+    count = sum(1 for c in trials.columns if c.startswith("fskil_s") and c.endswith("_overall"))
+    if protocol != "fskil" or not count:
+        return []
+
+    def table(group, source):
+        return [{"session": s, **{kind: _interval(group.get(session_metric(s, kind, source),
+                                                            pd.Series(dtype=float)))
+                                 for kind in FSKIL_KINDS}} for s in range(count)]
+
+    out = [{"variant": variant, "grid": json.loads(grid), "sessions": table(group, "fskil")}
+           for (variant, grid), group in done.groupby(["variant", "grid"], sort=False)]
+    out.append({"variant": "log-mel baseline (no training)", "grid": {},
+                "sessions": table(done, "logmel")})
     return out
 
 
@@ -169,10 +211,14 @@ def build_report(sweep_dir: str, baseline: str | None = None) -> dict:
     frame = load_results(sweep_dir)
     trials = per_trial(frame)
     definition = read_definition(sweep_dir)
+    protocol = definition.get("base", {}).get("protocol", "standard")
     baseline = choose_baseline(trials, baseline)
-    report = {"sweep": sweep_dir, "baseline": baseline, "metric": COMPARISON_METRIC,
-              "variants": summarise(trials), "left_out": left_out(trials),
-              "paired": paired(trials, baseline), "study": definition.get("study")}
+    metrics = comparison_metrics(protocol)
+    report = {"sweep": sweep_dir, "protocol": protocol, "baseline": baseline,
+              "metrics": list(metrics), "variants": summarise(trials, protocol),
+              "left_out": left_out(trials),
+              "paired": [row for m in metrics for row in paired(trials, baseline, m)],
+              "sessions": sessions(trials, protocol), "study": definition.get("study")}
     if definition.get("study") == "world-size":
         report["world_size"] = world_size_drift(frame)
     return report
@@ -200,25 +246,19 @@ def _fmt_p(p) -> str:
 def to_markdown(report: dict) -> str:
     lines = [f"# dotsim report: {report['sweep']}", "",
              "Mean ± 95% t half-width over each variant's finished seeds.", ""]
-    head = ["variant", "grid", "seeds"] + list(SUMMARY_METRICS.values())
+    names = summary_metrics(report.get("protocol", "standard"))
+    head = ["variant", "grid", "seeds"] + list(names.values())
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for v in report["variants"]:
         cells = [v["variant"], _grid(v["grid"]), str(len(v["seeds"]))]
-        cells += [_fmt(v[m], 2 if m == "minutes" else 3) for m in SUMMARY_METRICS]
+        cells += [_fmt(v[m], 2 if m == "minutes" else 3) for m in names]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _left_out_lines(report["left_out"])
-    lines += ["", f"## Paired by seed against `{report['baseline']}` ({report['metric']})", "",
-              "Each variant minus the baseline on the same seeds; p from a paired t-test, "
-              f"Holm-corrected across the {len(report['paired'])} variants compared.", "",
-              "| variant | grid | seeds | mean difference | 95% t CI | 95% bootstrap | p | "
-              "p (Holm) | verdict | what these seeds can tell |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p in report["paired"]:
-        diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:+.3f}"
-        ci = "-" if p["half_width"] is None else f"± {p['half_width']:.3f}"
-        lines.append(f"| {p['variant']} | {_grid(p['grid'])} | {len(p['seeds'])} | {diff} | "
-                     f"{ci} | {_fmt_range(p['bootstrap_ci'])} | {_fmt_p(p['p'])} | "
-                     f"{_fmt_p(p['p_holm'])} | {p['verdict']} | {p['power']} |")
+    for metric in report.get("metrics", [COMPARISON_METRIC]):
+        rows = [p for p in report["paired"] if p["metric"] == metric]
+        lines += _paired_lines(report["baseline"], metric, rows)
+    if report.get("sessions"):
+        lines += _session_lines(report["sessions"])
     if "world_size" in report:
         lines += ["", "## World-size study: distance from world size 1", "",
                   "Same seed and global batch; global statistics should stay put, local drift.",
@@ -229,6 +269,38 @@ def to_markdown(report: dict) -> str:
                          f"{w['max_abs_diff_train_loss']:.2e} | {w['max_abs_diff_val_acc']:.3f}"
                          f" | {w['verdict']} |")
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(baseline: str, metric: str, rows: list[dict]) -> list[str]:
+    lines = ["", f"## Paired by seed against `{baseline}` ({metric})", "",
+             "Each variant minus the baseline on the same seeds; p from a paired t-test, "
+             f"Holm-corrected across the {len(rows)} variants compared.", "",
+             "| variant | grid | seeds | mean difference | 95% t CI | 95% bootstrap | p | "
+             "p (Holm) | verdict | what these seeds can tell |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in rows:
+        diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:+.3f}"
+        ci = "-" if p["half_width"] is None else f"± {p['half_width']:.3f}"
+        lines.append(f"| {p['variant']} | {_grid(p['grid'])} | {len(p['seeds'])} | {diff} | "
+                     f"{ci} | {_fmt_range(p['bootstrap_ci'])} | {_fmt_p(p['p'])} | "
+                     f"{_fmt_p(p['p_holm'])} | {p['verdict']} | {p['power']} |")
+    return lines
+
+
+def _session_lines(table: list[dict]) -> list[str]:
+    count = len(table[0]["sessions"])
+    lines = ["", "## FSKIL sessions", "",
+             "Accuracy on every word seen so far after each session (0: the base words); seen "
+             "and unseen are mean per-class accuracies over the base and the new words, "
+             "harmonic their harmonic mean. Mean ± 95% t half-width over finished seeds.", "",
+             "| variant | grid | accuracy | " + " | ".join(f"session {s}" for s in range(count))
+             + " |", "|" + " --- |" * (3 + count)]
+    for v in table:
+        for kind in FSKIL_KINDS:
+            cells = [_fmt(s[kind]) for s in v["sessions"]]
+            lines.append(f"| {v['variant']} | {_grid(v['grid'])} | {kind} | "
+                         + " | ".join(cells) + " |")
+    return lines
 
 
 def _left_out_lines(left: dict[str, list[dict]]) -> list[str]:
@@ -281,6 +353,38 @@ def plot(sweep_dir: str) -> str:
     if len(frame):
         ax_acc.legend(fontsize=8)
     return _save(fig, storage.join(sweep_dir, "comparison.png"))
+
+
+def plot_sessions(report: dict) -> str | None:
+    """sessions.png: accuracy after each session, one line per variant with its 95%
+    t band over seeds, and the plain log-mel baseline dashed (FSKIL only)."""
+    if not report.get("sessions"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for index, v in enumerate(report["sessions"]):
+        baseline = v["variant"].startswith("log-mel")
+        points = [(s["session"], s["overall"]) for s in v["sessions"]
+                  if s["overall"]["mean"] is not None]
+        if not points:
+            continue
+        x = np.array([p[0] for p in points])
+        mean = np.array([p[1]["mean"] for p in points])
+        half = np.array([p[1]["ci95"] or 0.0 for p in points])
+        color = "0.4" if baseline else f"C{index % 10}"
+        label = v["variant"] + (f" {_grid(v['grid'])}" if v["grid"] else "")
+        ax.plot(x, mean, "--" if baseline else "-o", color=color, label=label)
+        ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.15)
+    ax.set(title="FSKIL: accuracy on all words seen so far", xlabel="session",
+           ylabel="accuracy")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, storage.join(report["sweep"], "sessions.png"))
 
 
 def _save(fig, location: str) -> str:

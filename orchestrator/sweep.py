@@ -32,11 +32,11 @@ from ray import tune
 
 from orchestrator.cluster import HEAD_RESOURCE
 from orchestrator.launch import run_history
-from orchestrator.variants import VARIANT_FIELDS, trial_name
+from orchestrator.variants import grid_point, trial_name
 from workers import storage
 from workers.config import RunConfig
 from workers.errors import InputError
-from workers.metrics import SELECTION_METRIC, SELECTION_MODE, is_finished
+from workers.metrics import FSKIL_DETAIL, SELECTION_METRIC, SELECTION_MODE, is_finished
 
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.parquet"
@@ -280,8 +280,10 @@ def write_results(sweep_dir: str, outcomes: list[TrialOutcome]) -> str:
         tags = {"trial": o.name, "variant": o.cfg.variant, "similarity": o.cfg.similarity,
                 "norm": o.cfg.norm, "scope": o.cfg.scope, "detach_stats": o.cfg.detach_stats,
                 "seed": o.cfg.seed, "workers": o.cfg.workers, "epochs": o.cfg.epochs,
-                "grid": _grid_key(o.trial), "status": o.status, "error": o.error}
-        rows += [{**tags, **epoch} for epoch in o.history] or [{**tags, "epoch": None}]
+                "grid": json.dumps(grid_point(o.cfg, o.trial)), "status": o.status,
+                "error": o.error}
+        epochs = [{k: v for k, v in epoch.items() if k != FSKIL_DETAIL} for epoch in o.history]
+        rows += [{**tags, **epoch} for epoch in epochs] or [{**tags, "epoch": None}]
     # the last epoch adds the final metrics: every column must be in every row (None else)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
@@ -290,8 +292,3 @@ def write_results(sweep_dir: str, outcomes: list[TrialOutcome]) -> str:
     path = storage.join(sweep_dir, RESULTS_FILE)
     storage.write_bytes(path, buffer.getvalue().to_pybytes())
     return path
-
-
-def _grid_key(trial: dict) -> str:
-    return json.dumps({k: v for k, v in trial.items() if k not in (*VARIANT_FIELDS, "seed")},
-                      sort_keys=True)

@@ -18,12 +18,18 @@ STUDY_VARIANTS = ("dot:minmax:global", "dot:minmax:local")
 VARIANT_FIELDS = ("similarity", "norm", "scope", "detach_stats")
 
 
+# The cross-entropy ablation: the same encoder and classifier, both similarity terms off.
+CE_ONLY = {"similarity": "cosine", "w_lpc": 0.0, "w_shuffled": 0.0}
+
+
 def parse_variant(name: str) -> dict:
-    """``cosine`` | ``SIM:NORM:SCOPE[:detached]`` -> config fields.
+    """``cosine`` | ``ce-only`` | ``SIM:NORM:SCOPE[:detached]`` -> config fields.
 
     SIM may itself be ``package.module:function``: norm, scope and "detached" are read
     from the right.
     """
+    if name.strip() == "ce-only":
+        return dict(CE_ONLY)
     parts = name.strip().split(":")
     detached = parts[-1] == "detached"
     if detached:
@@ -34,7 +40,7 @@ def parse_variant(name: str) -> dict:
         fields = {"similarity": ":".join(parts)}  # cosine, or a custom module:function
     else:
         raise InputError(
-            f"bad variant {name!r}; write cosine or SIMILARITY:NORM:SCOPE[:detached], "
+            f"bad variant {name!r}; write cosine, ce-only or SIMILARITY:NORM:SCOPE[:detached], "
             f"e.g. dot:meanstd:global (norms: {', '.join(NORMS)}; scopes: {', '.join(SCOPES)})"
         )
     if detached:
@@ -86,10 +92,16 @@ def trial_configs(variants: list[str], seeds: int, grid: dict[str, list],
     return trials
 
 
+def grid_point(cfg: RunConfig, trial: dict) -> dict:
+    """The trial's fields besides its variant and seed (the --grid values, the world size
+    of a study): trials of different variants at one grid point are compared."""
+    own = {*VARIANT_FIELDS, *parse_variant(cfg.variant), "seed"}
+    return {k: trial[k] for k in sorted(trial) if k not in own}
+
+
 def trial_name(cfg: RunConfig, trial: dict) -> str:
     """Stable, readable: variant, seed, and the other varied fields."""
-    extra = "".join(f"-{k}={trial[k]}" for k in sorted(trial)
-                    if k not in (*VARIANT_FIELDS, "seed"))
+    extra = "".join(f"-{k}={v}" for k, v in grid_point(cfg, trial).items())
     return f"{cfg.variant.replace(':', '-')}-seed{cfg.seed}{extra}".replace("/", "_")
 
 

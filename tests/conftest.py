@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,11 @@ import pytest
 # Test helpers (reference.py, gloo_pool.py, ...) import as top-level modules, also in
 # spawned children, which inherit sys.path.
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The node's copies of prepared data (workers.data.node_cache) for this test session: set
+# before any Ray starts, so its workers and every subprocess inherit it (a spawned child
+# that imports this file keeps its parent's).
+os.environ.setdefault("DOTSIM_NODE_CACHE", tempfile.mkdtemp(prefix="dotsim-node-cache-"))
 
 
 @pytest.fixture(scope="session")

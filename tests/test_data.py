@@ -2,8 +2,10 @@
 folder path, and the checks that refuse broken folders."""
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile
@@ -14,7 +16,16 @@ from prepared_damage import DAMAGES, damaged_copy
 from orchestrator.prepare import prepare
 from workers import synth
 from workers.corpus import FeatureSettings, speech_commands_chunks
-from workers.data import FEATURES, PreparedDataError, PreparedWriter, load_prepared, read_meta
+from workers.data import (
+    FEATURES,
+    PreparedDataError,
+    PreparedWriter,
+    check_prepared,
+    load_prepared,
+    node_cache,
+    node_copy,
+    read_meta,
+)
 
 
 def test_prepared_folder_layout_and_contents(small_prepared):
@@ -107,10 +118,117 @@ def test_failed_prepare_cleans_up(tmp_path):
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_damaged_prepared_folder_is_refused(small_prepared, tmp_path, damage):
+def test_damaged_prepared_folder_is_refused(small_prepared, tmp_path, damage, monkeypatch):
     copy = damaged_copy(small_prepared, tmp_path / "copy", damage, split="validation")
     with pytest.raises(PreparedDataError, match="prepare"):
-        load_prepared(copy)
+        check_prepared(copy)  # what the driver does before it starts anything
+    monkeypatch.setenv("DOTSIM_NODE_CACHE", str(tmp_path / "node"))
+    with pytest.raises(PreparedDataError, match="prepare"):
+        load_prepared(copy)  # and a node before it copies the data
+    node = tmp_path / "node"
+    assert not node.exists() or not any(p.is_dir() for p in node.iterdir())  # no copy left
+
+
+def _todays_loader(folder, split):
+    """The loader the node copy replaced: every worker read the Parquet shards into its own
+    tensors and standardised them in place with the training split's statistics."""
+    meta = read_meta(folder)
+    table = pa.concat_tables([pq.read_table(folder / name) for name in meta["shards"][split]])
+    shape = (table.num_rows, meta["frames"], meta["n_mels"])
+    features = {name: torch.from_numpy(table.column(name).combine_chunks().flatten()
+                                       .to_numpy().reshape(shape).copy()) for name in FEATURES}
+    return features, torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+
+
+def test_node_copy_gives_todays_batches_and_losses(small_prepared):
+    """Same standardisation statistics, same batches, same losses and evaluation as the
+    in-memory loader, bit for bit (that the copy is mapped and shared: the next tests)."""
+    import workers.train as wt
+    from workers.config import RunConfig
+    from workers.sampler import epoch_batches
+
+    raw = {s: _todays_loader(small_prepared, s) for s in ("train", "validation")}
+    stats = {}
+    for name in FEATURES:
+        x = raw["train"][0][name].reshape(-1, 40)
+        stats[name] = (x.mean(0), x.std(0).clamp_min(1e-5))
+    for features, _ in raw.values():
+        for name, (mean, std) in stats.items():
+            features[name].sub_(mean).div_(std)
+
+    data = load_prepared(small_prepared)
+    norm = wt.FeatureNorm.fit(data.splits["train"])
+    for name in FEATURES:
+        assert all(torch.equal(a, b) for a, b in zip(norm.stats[name], stats[name],
+                                                     strict=True))
+    ctx = wt.RankContext(0, 1, torch.device("cpu"))
+    train, val = (norm(data.splits[s], ctx.device) for s in ("train", "validation"))
+    cfg = RunConfig(data=str(small_prepared), preset="tiny", batch_size=32, clips_per_class=2,
+                    workers=1)
+    models = [wt.build_model(cfg, data.meta, classes=len(data.labels)) for _ in range(2)]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=cfg.lr) for m in models]
+    for step, batch in enumerate(epoch_batches(train.labels.numpy(), classes_per_batch=16,
+                                               clips_per_class=2, seed=0, epoch=0)[:4]):
+        local = batch.for_rank(0, 1)
+        new = wt.gather_batch(train, local, ctx)
+        rows = torch.as_tensor(local.indices)
+        old = new.replace(features=tuple(raw["train"][0][n][rows] for n in FEATURES),
+                          labels=raw["train"][1][rows])
+        assert all(torch.equal(a, b) for a, b in zip(new.features, old.features, strict=True))
+        assert torch.equal(new.labels, old.labels)
+        got = []
+        for model, optimizer, b in zip(models, optimizers, (new, old), strict=True):
+            torch.manual_seed(step)  # the same dropout masks
+            got.append(wt.train_step(model, optimizer, b, cfg, ctx, (0, step)))
+        assert torch.equal(got[0], got[1])
+    old_val = wt.Split(raw["validation"][0], raw["validation"][1], val.speakers, val.clips)
+    assert wt.evaluate(models[0], val, ctx) == wt.evaluate(models[1], old_val, ctx)
+
+
+def _mapped_pss(folder: str, barrier, out) -> None:
+    """In a separate process: map the node copy, read every page, wait for the other
+    process to do the same, then report this process's share (PSS) of the mapped files."""
+    data = load_prepared(folder)
+    for split in data.splits.values():
+        for x in split.features.values():
+            float(x.sum())  # touch every page
+    barrier.wait()
+    pss, mapped = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():  # one consistent read
+        if "-" in line.split()[0]:  # a mapping's header line
+            mapped = str(node_cache()) in line
+        elif mapped and line.startswith("Pss:"):
+            pss += int(line.split()[1]) * 1024
+    barrier.wait()
+    out.put(pss)
+
+
+def test_the_node_copy_is_held_once_by_all_its_processes(small_prepared):
+    """Two processes that map the node's copy each account for half of it: the features
+    are in memory once per node, not once per worker."""
+    import multiprocessing as mp
+
+    folder = node_copy(small_prepared)
+    size = sum(p.stat().st_size for p in folder.glob("*-speech.npy")) * len(FEATURES)
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_mapped_pss, args=(str(small_prepared), barrier, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    shares = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(0.4 * size < share < 0.6 * size for share in shares), (shares, size)
+
+
+def test_the_node_copy_is_made_once(small_prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOTSIM_NODE_CACHE", str(tmp_path / "node"))
+    folder = node_copy(small_prepared)
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert node_copy(small_prepared) == folder  # the second caller finds it made
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamp
+    assert [p.name for p in (tmp_path / "node").iterdir() if p.is_dir()] == [folder.name]
 
 
 def test_feature_settings_are_recorded(small_prepared):

@@ -1,11 +1,14 @@
 """The FSKIL protocol's pure parts: class order, base rows, shots, prototypes, accuracies,
 the whole protocol on a hand-made split, and the log-mel baseline on the small corpus."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
 from workers import fskil, synth
-from workers.data import Split, load_prepared
+from workers.data import FEATURES, Split, load_prepared
 from workers.fskil import Protocol
 
 CORE_WORDS = {"yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
@@ -111,8 +114,10 @@ def test_base_rows_hold_every_base_clip_and_no_novel_clip():
     base = fskil.base_split(split, order, protocol)
     assert base.labels.tolist() == [0, 1, 2, 2, 0, 1]
     assert base.clips == [f"clip{i}" for i in [1, 3, 4, 5, 8, 11]]
-    for name, value in base.features.items():
+    everything = torch.arange(len(base))
+    for name, value in zip(FEATURES, base.take(everything), strict=True):
         assert torch.equal(value, split.features[name][rows])
+    assert base.features is split.features  # a view: no feature is copied
 
 
 def test_base_split_of_the_small_corpus_reads_only_base_words(small_prepared):
@@ -270,9 +275,45 @@ def test_logmel_baseline_beats_chance_on_the_small_corpus(small_prepared):
     mean, std = speech.mean(0), speech.std(0)
 
     def standardised(split):
-        features = {**split.features, "speech": (split.features["speech"] - mean) / std}
-        return Split(features, split.labels, split.speakers, split.clips)
+        return dataclasses.replace(split, scale={name: (mean, std) for name in FEATURES})
 
     again = fskil.logmel_baseline(standardised(train), standardised(test), order, data.labels,
                                   protocol, seed=0)
     assert again.headline == pytest.approx(result.headline)
+
+
+def test_base_training_reads_no_novel_clip(small_prepared):
+    """What the training loop reads under --protocol fskil: every row of every batch of an
+    epoch, its shuffled partners and the feature statistics come from base words only."""
+    import workers.train as wt
+    from workers.config import RunConfig
+    from workers.sampler import epoch_batches
+
+    cfg = RunConfig(data=str(small_prepared), protocol="fskil", batch_size=32,
+                    clips_per_class=2, workers=2, shots=3)
+    data = load_prepared(small_prepared)
+    full = data.splits["train"]
+    words = wt.Words(cfg, data.labels, full.labels)
+    base_ids = fskil.class_ids(words.order[:cfg.base_classes], data.labels)
+    trained = words.trained(full)
+    assert words.classes == 20 and set(trained.labels.tolist()) == set(range(20))
+
+    read = set()
+    for batch in epoch_batches(trained.labels.numpy(), classes_per_batch=16, clips_per_class=2,
+                               seed=0, epoch=0):
+        for rank in range(2):
+            local = batch.for_rank(rank, 2)
+            rows = trained.rows[local.indices]  # rows of the full split the step reads
+            read |= set(rows.tolist())
+            partners = np.concatenate([local.formant_partner, local.residual_partner])
+            assert set(trained.rows[local.indices[partners]].tolist()) <= set(rows.tolist())
+    assert {int(full.labels[r]) for r in read} <= set(base_ids)
+
+    stats = wt.FeatureNorm.fit(trained).stats
+    base_rows = torch.isin(full.labels, torch.tensor(base_ids))
+    for name in FEATURES:
+        x = full.features[name][base_rows].reshape(-1, 40).double()
+        torch.testing.assert_close(stats[name][0], x.mean(0).float())
+        torch.testing.assert_close(stats[name][1], x.std(0).float())
+        everything = full.features[name].reshape(-1, 40)
+        assert not torch.allclose(stats[name][0], everything.mean(0))  # not all words'

@@ -99,7 +99,7 @@ def test_zero_spread_says_so_instead_of_a_p_value():
     flat = reports.paired(_trials([0.1, 0.1, 0.1]), "cosine")[0]
     assert flat["p"] is None and flat["p_holm"] is None
     assert "no spread across seeds" in flat["verdict"]
-    markdown = reports.to_markdown({"sweep": "s", "baseline": "cosine", "metric": "test_acc",
+    markdown = reports.to_markdown({"sweep": "s", "baseline": "cosine", "metrics": ["test_acc"],
                                     "variants": [], "left_out": {}, "paired": [flat]})
     assert "no spread across seeds" in markdown and "| 0 |" not in markdown
 

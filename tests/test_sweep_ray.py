@@ -25,20 +25,33 @@ TINY = ["--preset", "tiny", "--epochs", "2", "--batch-size", "32", "--clips-per-
         "--workers", "2", "--seeds", "1"]
 
 
-def test_tiny_sweep_end_to_end(ray_local, small_prepared, tmp_path):
+def test_tiny_fskil_sweep_end_to_end(ray_local, small_prepared, tmp_path):
+    """A sweep under the FSKIL protocol: results.parquet with every session's accuracies,
+    TensorBoard events, and the report comparing the variants on the protocol's headline
+    numbers, with the session table and the session curve."""
     result = CliRunner().invoke(cli, [
         "sweep", "--data", str(small_prepared), "--storage-path", str(tmp_path),
-        "--name", "s", "--variants", "cosine,dot:meanstd:global", *TINY, "--json"])
+        "--name", "s", "--variants", "cosine,dot:meanstd:global", *TINY, "--protocol",
+        "fskil", "--shots", "3", "--episodes", "2", "--json"])
     assert result.exit_code == 0, result.output
     sweep = tmp_path / "s"
     frame = pd.read_parquet(sweep / "results.parquet")
     assert set(frame["variant"]) == {"cosine", "dot:meanstd:global"}
     assert sorted(frame["epoch"]) == [1, 1, 2, 2] and (frame["status"] == "FINISHED").all()
-    assert frame["test_acc"].notna().sum() == 2  # the last epoch of each trial
+    last = frame[frame["epoch"] == 2]
+    assert last["fskil_s5_harmonic"].notna().all() and last["logmel_mean_acc"].notna().all()
     report = json.loads(result.stdout)
+    assert report["protocol"] == "fskil"
     assert [v["variant"] for v in report["variants"]] == ["cosine", "dot:meanstd:global"]
-    assert "too few paired seeds" in report["paired"][0]["verdict"]
+    assert [p["metric"] for p in report["paired"]] == [
+        "fskil_mean_acc", "fskil_last_acc", "fskil_last_harmonic"]
+    assert all("too few paired seeds" in p["verdict"] for p in report["paired"])
+    table = {v["variant"]: v["sessions"] for v in report["sessions"]}
+    assert set(table) == {"cosine", "dot:meanstd:global", "log-mel baseline (no training)"}
+    assert all(len(s) == 6 for s in table.values())
+    assert table["cosine"][0]["unseen"]["mean"] is None  # no new word yet in session 0
     assert (sweep / "comparison.png").stat().st_size > 10_000
+    assert (sweep / "sessions.png").stat().st_size > 10_000
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

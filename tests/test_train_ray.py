@@ -116,6 +116,41 @@ def test_rerun_with_another_lr_trains_a_new_run(ray_local, small_prepared, tmp_p
     assert len(lines) == 1 and "lr 0.004 -> 0.0001" in lines[0], reused.stderr
 
 
+def test_fskil_run_in_a_lab_s_own_class_order(ray_local, small_prepared, tmp_path):
+    """`train --protocol fskil --class-order FILE`: the run trains on the file's first 20
+    words; its JSON carries every session's four accuracies per episode, their means, the
+    order used and the shots drawn (novel words' training clips only)."""
+    from workers import fskil
+    from workers.data import load_prepared
+
+    order = list(reversed(fskil.REFERENCE_ORDER))
+    (tmp_path / "order.txt").write_text("# our split\n" + "\n".join(order) + "\n")
+    result = CliRunner().invoke(cli, [
+        "train", "--data", str(small_prepared), "--storage-path", str(tmp_path), *TINY,
+        "--epochs", "1", "--protocol", "fskil", "--class-order", str(tmp_path / "order.txt"),
+        "--shots", "3", "--episodes", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["config"]["class_order"] == order
+    detail = doc["metrics"]["fskil"]
+    assert detail["order"] == order[:35]
+    assert len(detail["per_episode"]) == 2
+    assert all(len(episode) == 6 and set(episode[0]) == {"overall", "seen", "unseen",
+                                                         "harmonic"}
+               for episode in detail["per_episode"])
+    assert len(detail["per_session"]) == 6
+    assert doc["metrics"]["fskil_mean_acc"] == pytest.approx(
+        sum(s["overall"] for s in detail["per_session"]) / 6)
+    data = load_prepared(small_prepared, splits=("train",))
+    word_of = {clip: data.labels[int(label)] for clip, label in
+               zip(data.splits["train"].clips, data.splits["train"].labels, strict=True)}
+    for shots in detail["shots"]:  # 5 sessions x 3 new words x 3 shots, all novel
+        assert len(shots) == 45 and len(set(shots)) == 45
+        assert {word_of[clip] for clip in shots} == set(order[20:35])
+    base_acc = doc["metrics"]["test_acc"]  # the base model's accuracy on its 20 words
+    assert 0 <= base_acc <= 1 and "logmel_mean_acc" in doc["metrics"]
+
+
 def test_workers_may_change_on_resume_only_without_local_statistics(small_prepared,
                                                                       tmp_path):
     """A world-size-independent run (global statistics, or cosine) may resume on another

@@ -59,11 +59,32 @@ class RunConfig:
     w_shuffled: float = 0.5
     """Weight of similarity_loss(emb, shuffled reconstruction from other clips of the class)."""
 
+    # --- evaluation protocol ----------------------------------------------------------
+    protocol: str = "standard"
+    """standard: train and test on every word. fskil: few-shot class-incremental keyword
+    spotting: train on the base words only, then add the others `ways` words per session
+    from `shots` clips each (prototypes, encoder frozen), testing after every session."""
+    base_classes: int = 20
+    """fskil: words of the base session (session 0)."""
+    ways: int = 3
+    """fskil: new words per incremental session."""
+    shots: int = 5
+    """fskil: training clips per new word (its prototype is their mean embedding)."""
+    sessions: int = 6
+    """fskil: sessions in all, the base session included."""
+    episodes: int = 10
+    """fskil: independent draws of the shots; the accuracies are their mean."""
+    class_order: list[str] | None = None
+    """fskil: the words in order, base words first, then each session's (--class-order
+    FILE, one word a line). None: the FSKIL reference's order for the 35 Speech Commands
+    words (the synthetic corpus says the same words), else the prepared labels' order."""
+
     # --- optimisation -----------------------------------------------------------------
     epochs: int = 15
     """Passes over the training split."""
-    batch_size: int = 128
-    """Global batch: classes_per_batch x clips_per_class, split into whole groups per worker."""
+    batch_size: int | None = None
+    """Global batch: classes_per_batch x clips_per_class, split into whole groups per worker.
+    None: 128, or under fskil as many groups as base words (up to 32) x clips_per_class."""
     clips_per_class: int = 4
     """K: clips of one class per group (>= 2, so the shuffled pairs never pair a clip with
     itself)."""
@@ -104,6 +125,8 @@ class RunConfig:
     """Free-form tags (e.g. a sweep's study name); saved, never interpreted by training."""
 
     def __post_init__(self):
+        if self.batch_size is None:
+            self.batch_size = self._default_batch_size()
         if self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
         try:
@@ -126,6 +149,11 @@ class RunConfig:
                 f"{self.clips_per_class}, which do not split evenly over {self.workers} workers;"
                 f" use a batch size that is a multiple of {self.clips_per_class * self.workers}"
             )
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"unknown protocol {self.protocol!r}; allowed: "
+                             f"{', '.join(PROTOCOLS)}")
+        if self.protocol == "fskil":
+            self._check_fskil()
         if self.on_nonfinite not in ("skip", "stop"):
             raise InputError(f"unknown on_nonfinite {self.on_nonfinite!r}; allowed: skip, stop")
         if not 0 <= self.dropout < 1:
@@ -133,6 +161,31 @@ class RunConfig:
         if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:
             raise InputError("cpus_per_worker must be > 0, max_failures and "
                              "threads_per_worker >= 0")
+
+    def _default_batch_size(self) -> int:
+        if self.protocol != "fskil":
+            return 128
+        # a batch holds distinct words: at most the base words, in whole groups per worker
+        groups = min(32, self.base_classes) // self.workers * self.workers
+        return max(groups, self.workers) * self.clips_per_class
+
+    def _check_fskil(self) -> None:
+        spec = self.fskil  # checks the protocol's sizes
+        if self.groups_per_batch > spec.base_classes:
+            raise InputError(
+                f"batch_size {self.batch_size} holds {self.groups_per_batch} groups of distinct "
+                f"words, but fskil trains on {spec.base_classes} base words: use a batch size "
+                f"of at most {spec.base_classes * self.clips_per_class}")
+        if self.class_order is not None:
+            spec.check_words(len(self.class_order), what="class_order")
+
+    @property
+    def fskil(self):
+        """The FSKIL protocol's sizes (``workers.fskil.Protocol``)."""
+        from workers.fskil import Protocol
+
+        return Protocol(base_classes=self.base_classes, ways=self.ways, shots=self.shots,
+                        sessions=self.sessions, episodes=self.episodes)
 
     @property
     def groups_per_batch(self) -> int:
@@ -144,7 +197,10 @@ class RunConfig:
 
     @property
     def variant(self) -> str:
-        """The loss variant's name, e.g. ``dot:meanstd:global`` (``cosine`` has no stats)."""
+        """The loss variant's name, e.g. ``dot:meanstd:global`` (``cosine`` has no stats;
+        ``ce-only``: both similarity terms weighted 0, the cross-entropy ablation)."""
+        if self.w_lpc == 0 and self.w_shuffled == 0:
+            return "ce-only"
         if self.similarity == "cosine":
             return "cosine"
         name = f"{self.similarity}:{self.norm}:{self.scope}"
@@ -158,8 +214,10 @@ class RunConfig:
         return self.scope == "global" or self.similarity == "cosine"
 
     def result_fields(self) -> dict[str, Any]:
-        """The fields that can change a run's numbers (all but RUNTIME_FIELDS)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+        """The fields that can change a run's numbers: all but RUNTIME_FIELDS, and the FSKIL
+        protocol's sizes only under that protocol."""
+        ignored = RUNTIME_FIELDS + (FSKIL_FIELDS if self.protocol != "fskil" else ())
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
 
     def run_key(self) -> str:
         """A short hash of ``result_fields``: equal keys, equal runs."""
@@ -195,6 +253,9 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+PROTOCOLS = ("standard", "fskil")
+FSKIL_FIELDS = ("base_classes", "ways", "shots", "sessions", "episodes", "class_order")
+
 # Fields that say only where a run's files go or how fast it runs: a run may resume with
 # other values, and they are not part of its key. Thread counts can move float round-off,
 # never what is computed.
@@ -222,4 +283,5 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-__all__ = ["NORMS", "PRESETS", "RUNTIME_FIELDS", "SCOPES", "RunConfig", "field_docs"]
+__all__ = ["NORMS", "PRESETS", "PROTOCOLS", "RUNTIME_FIELDS", "SCOPES", "RunConfig",
+           "field_docs"]

@@ -1,4 +1,5 @@
-"""Prepared data: Parquet shards per split plus ``meta.json``, readable with pyarrow alone.
+"""Prepared data: Parquet shards per split plus ``meta.json``, readable with pyarrow alone,
+in a local folder or at any URI ``pyarrow.fs`` understands (``s3://bucket/prefix``).
 
 Layout of a prepared folder::
 
@@ -7,17 +8,28 @@ Layout of a prepared folder::
     validation-00000.parquet ...   speech, formant, residual (fixed-size float32 lists of
     test-00000.parquet ...         frames * n_mels values, time-major)
 
-A folder is written under a temporary name and renamed into place after ``meta.json``,
-so an interrupted prepare never leaves a folder that ``load_prepared`` accepts.
+A local folder is written under a temporary name and renamed into place after
+``meta.json``; at a URI the shards are uploaded first and ``meta.json`` last. Either way
+an interrupted prepare never leaves a folder that ``check_prepared`` accepts.
+
+Training reads a node's copy: the first worker on a node turns the shards into NumPy
+arrays in the node's cache (``$DOTSIM_NODE_CACHE``, else the temp folder), once per data
+set, while the other workers wait on a file lock; every worker then memory-maps them. The
+node holds the features once, however many workers it runs, and a restarted worker group
+reads nothing from shared storage again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from workers import storage
 from workers.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -34,15 +47,46 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Split:
-    """One split in memory: features (N, frames, n_mels) float32, labels (N,) int64."""
+    """One split: features (N, frames, n_mels) float32 for each name in FEATURES, labels
+    (N,) int64, and each clip's speaker and id.
+
+    The features may be memory-mapped from the node's copy (shared by every worker of the
+    node), and may cover more clips than the split: ``rows`` then says which (a subset's
+    view, see ``subset``). ``take(rows)`` gives the features of rows of the split,
+    standardised per mel bin with ``scale`` when it is set; reading goes through it.
+    """
 
     features: dict[str, torch.Tensor]
     labels: torch.Tensor
     speakers: list[str]
     clips: list[str]
+    rows: torch.Tensor | None = None  # (len,) rows of ``features``; None: all, in order
+    scale: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # name -> (mean, std)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, rows: torch.Tensor, names=FEATURES) -> tuple[torch.Tensor, ...]:
+        """The features ``names`` (all: speech, formant, residual) of ``rows``, each
+        (len(rows), frames, n_mels), on the device of the labels."""
+        if self.rows is not None:
+            rows = self.rows[rows.to(self.rows.device)]
+        out = []
+        for name in names:
+            x = self.features[name][rows.to(self.features[name].device)]  # a copy
+            if self.scale is not None:
+                mean, std = self.scale[name]
+                x = x.sub_(mean).div_(std)
+            out.append(x.to(self.labels.device))
+        return tuple(out)
+
+    def subset(self, rows: torch.Tensor, labels: torch.Tensor | None = None) -> Split:
+        """A view of ``rows`` of this split (no feature is copied), optionally relabelled."""
+        keep = rows.tolist()
+        return replace(self, labels=self.labels[rows] if labels is None else labels,
+                       speakers=[self.speakers[i] for i in keep],
+                       clips=[self.clips[i] for i in keep],
+                       rows=rows.cpu() if self.rows is None else self.rows[rows.cpu()])
 
 
 @dataclass
@@ -63,16 +107,25 @@ def _schema(values_per_clip: int) -> pa.Schema:
     )
 
 
-class PreparedWriter:
-    """Writes shards into a temporary folder; ``commit(meta)`` publishes it atomically."""
+# --- writing -------------------------------------------------------------------------
 
-    def __init__(self, out: Path, *, frames: int, n_mels: int, overwrite: bool = False):
-        self.out = Path(out)
-        if self.out.exists() and not overwrite:
+
+class PreparedWriter:
+    """Writes shards into a local temporary folder; ``commit(meta)`` publishes them
+    (renamed into place locally, uploaded with meta.json last at a URI)."""
+
+    def __init__(self, out: str | os.PathLike, *, frames: int, n_mels: int,
+                 overwrite: bool = False):
+        self.out = storage.resolve(out)
+        if storage.exists(self.out) and not overwrite:
             raise InputError(f"{self.out} already exists; choose another --out or pass "
                              "--overwrite")
-        self.tmp = self.out.with_name(f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}")
-        self.tmp.mkdir(parents=True)
+        if storage.is_uri(self.out):
+            self.tmp = Path(tempfile.mkdtemp(prefix="dotsim-prepare-"))
+        else:  # beside the target, so that the rename stays on one file system
+            target = Path(self.out)
+            self.tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+            self.tmp.mkdir(parents=True)
         self.frames, self.n_mels = frames, n_mels
         self.schema = _schema(frames * n_mels)
         self.shards: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -96,33 +149,46 @@ class PreparedWriter:
         self.shards[split].append(name)
         self.counts[split] += n
 
-    def commit(self, meta: dict) -> Path:
-        """Write meta.json last, then rename the folder into place."""
+    def commit(self, meta: dict) -> str:
+        """Write meta.json last and publish the folder; returns its location."""
+        # prepared_id: every prepare gives a new fingerprint, so no node reuses an old copy
         meta = {**meta, "format_version": FORMAT_VERSION, "frames": self.frames,
-                "n_mels": self.n_mels, "counts": self.counts, "shards": self.shards}
+                "n_mels": self.n_mels, "counts": self.counts, "shards": self.shards,
+                "prepared_id": uuid.uuid4().hex}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
+        if storage.is_uri(self.out):
+            fs, path = storage.filesystem(self.out)
+            if storage.exists(self.out):  # --overwrite
+                fs.delete_dir(path)
+            names = [n for split in SPLITS for n in self.shards[split]] + ["meta.json"]
+            for name in names:  # meta.json last: until it is there, nothing is published
+                storage.write_bytes(storage.join(self.out, name), (self.tmp / name).read_bytes())
+            self.abort()
+        else:
+            if Path(self.out).exists():
+                shutil.rmtree(self.out)
+            os.replace(self.tmp, self.out)
         return self.out
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+# --- checking ------------------------------------------------------------------------
+
+
 class PreparedDataError(InputError):
     """A prepared folder that is missing, incomplete or inconsistent."""
 
 
-def read_meta(path: Path) -> dict:
-    path = Path(path)
-    meta_file = path / "meta.json"
-    if not meta_file.is_file():
+def read_meta(location: str | os.PathLike) -> dict:
+    meta_file = storage.join(location, "meta.json")
+    if not storage.exists(meta_file):
         raise PreparedDataError(
-            f"{path} is not a prepared data folder (no meta.json); run `dotsim prepare`"
+            f"{location} is not a prepared data folder (no meta.json); run `dotsim prepare`"
         )
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(storage.read_bytes(meta_file))
     except json.JSONDecodeError as err:
         raise PreparedDataError(f"{meta_file} is not valid JSON ({err}); prepare again") from err
     missing = {"labels", "counts", "shards", "frames", "n_mels", "sample_rate"} - set(meta)
@@ -134,49 +200,130 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def check_prepared(path: str | Path) -> dict:
+def check_prepared(location: str | os.PathLike) -> dict:
     """Check a prepared folder without reading its data: meta.json, every shard present
     with the expected schema, and the row counts meta.json promises. Returns the meta."""
-    path = Path(path)
-    meta = read_meta(path)
+    location = storage.resolve(location)
+    meta = read_meta(location)
     expected = _schema(meta["frames"] * meta["n_mels"])
+    fs, root = storage.filesystem(location)
     for split in SPLITS:
         rows = 0
         for name in meta["shards"][split]:
-            file = path / name
-            if not file.is_file():
-                raise PreparedDataError(f"{path} is missing shard {name}; prepare again")
-            parquet = pq.ParquetFile(file)
+            if not storage.exists(storage.join(location, name)):
+                raise PreparedDataError(f"{location} is missing shard {name}; prepare again")
+            parquet = pq.ParquetFile(f"{root}/{name}", filesystem=fs)
             if not parquet.schema_arrow.equals(expected):
-                raise PreparedDataError(f"{file} has an unexpected schema; prepare again")
+                raise PreparedDataError(f"{location}/{name} has an unexpected schema; prepare "
+                                        "again")
             rows += parquet.metadata.num_rows
         if rows != meta["counts"][split]:
-            raise PreparedDataError(f"{path}: split {split} has {rows} clips, meta.json says "
-                                    f"{meta['counts'][split]}; prepare again")
+            raise PreparedDataError(f"{location}: split {split} has {rows} clips, meta.json "
+                                    f"says {meta['counts'][split]}; prepare again")
     return meta
 
 
-def load_split(path: Path, meta: dict, split: str) -> Split:
-    path = Path(path)
-    tables = [pq.read_table(path / name) for name in meta["shards"][split]]
-    table = pa.concat_tables(tables) if tables else _schema(
-        meta["frames"] * meta["n_mels"]).empty_table()
-    labels = table.column("label").to_numpy().astype(np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["labels"])):
-        raise PreparedDataError(f"{path}: split {split} has labels outside meta.json's list")
-    shape = (table.num_rows, meta["frames"], meta["n_mels"])
-    features = {
-        name: torch.from_numpy(
-            table.column(name).combine_chunks().flatten().to_numpy().reshape(shape).copy()
-        )
-        for name in FEATURES
-    }
-    return Split(features=features, labels=torch.from_numpy(labels),
-                 speakers=table.column("speaker").to_pylist(),
-                 clips=table.column("clip").to_pylist())
+def data_fingerprint(location: str | os.PathLike) -> str:
+    """A short hash of a prepared folder's meta.json: its settings, sources and counts."""
+    return hashlib.sha256(storage.read_bytes(storage.join(location, "meta.json"))).hexdigest()[:16]
 
 
-def load_prepared(path: str | Path, splits=SPLITS) -> Prepared:
-    """Read and check a prepared folder; ``PreparedDataError`` says what is wrong."""
-    meta = check_prepared(path)
-    return Prepared(meta=meta, splits={s: load_split(Path(path), meta, s) for s in splits})
+# --- reading: the node's copy --------------------------------------------------------
+
+
+def node_cache() -> Path:
+    """Where this node keeps its NumPy copies of prepared data: $DOTSIM_NODE_CACHE, else
+    the temp folder (node-local disk, never shared storage)."""
+    return Path(os.environ.get("DOTSIM_NODE_CACHE")
+                or Path(tempfile.gettempdir()) / "dotsim-arrays")
+
+
+def node_copy(location: str | os.PathLike) -> Path:
+    """This node's copy of the prepared data as NumPy arrays, made on first use: the
+    first process converts the shards while the others wait on a lock, and the copy is
+    renamed into place complete, so a half-made copy is never read."""
+    location = storage.resolve(location)
+    read_meta(location)  # a clear error for a folder that is not prepared data
+    folder = node_cache() / data_fingerprint(location)
+    if (folder / "meta.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(folder.with_suffix(".lock")):
+        if not (folder / "meta.json").is_file():
+            meta = check_prepared(location)
+            tmp = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
+            try:
+                _write_arrays(location, meta, tmp)
+                os.replace(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _write_arrays(location: str, meta: dict, out: Path) -> None:
+    """Each split's features into one (N, frames, n_mels) .npy per name, shard by shard
+    (memory: one shard at a time); labels, speakers and clips beside them."""
+    out.mkdir(parents=True)
+    fs, root = storage.filesystem(location)
+    shape = (meta["frames"], meta["n_mels"])
+    for split in SPLITS:
+        n = meta["counts"][split]
+        arrays = {name: _new_array(out / f"{split}-{name}.npy", (n, *shape))
+                  for name in FEATURES}
+        labels, speakers, clips, at = [], [], [], 0
+        for shard in meta["shards"][split]:
+            table = pq.read_table(f"{root}/{shard}", filesystem=fs)
+            rows = table.num_rows
+            for name in FEATURES:
+                values = table.column(name).combine_chunks().flatten().to_numpy()
+                arrays[name][at:at + rows] = values.reshape(rows, *shape)
+            labels += table.column("label").to_pylist()
+            speakers += table.column("speaker").to_pylist()
+            clips += table.column("clip").to_pylist()
+            at += rows
+        for array in arrays.values():
+            if isinstance(array, np.memmap):
+                array.flush()
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["labels"])):
+            raise PreparedDataError(f"{location}: split {split} has labels outside "
+                                    "meta.json's list")
+        np.save(out / f"{split}-labels.npy", labels)
+        (out / f"{split}-ids.json").write_text(json.dumps({"speakers": speakers,
+                                                           "clips": clips}))
+    (out / "meta.json").write_text(json.dumps(meta))  # last: the copy is complete
+
+
+def _new_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A .npy file of zeros to fill in place (an empty one is written at once: a file
+    of no rows cannot be mapped)."""
+    if shape[0] == 0:
+        np.save(path, np.zeros(shape, np.float32))
+        return np.zeros(shape, np.float32)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def load_prepared(location: str | os.PathLike, splits=SPLITS) -> Prepared:
+    """The prepared data at ``location`` (checked when this node first copies it), as
+    splits whose features are memory-mapped from the node's copy: copy-on-write, so the
+    pages are shared by every process of the node that reads them and never written."""
+    folder = node_copy(location)
+    meta = json.loads((folder / "meta.json").read_text())
+    return Prepared(meta=meta, splits={s: _mapped_split(folder, s) for s in splits})
+
+
+def _mapped_split(folder: Path, split: str) -> Split:
+    ids = json.loads((folder / f"{split}-ids.json").read_text())
+    mapped = "c" if ids["clips"] else None  # a file of no rows cannot be mapped
+    features = {name: torch.from_numpy(np.load(folder / f"{split}-{name}.npy", mmap_mode=mapped))
+                for name in FEATURES}
+    return Split(features=features,
+                 labels=torch.from_numpy(np.load(folder / f"{split}-labels.npy")),
+                 speakers=ids["speakers"], clips=ids["clips"])

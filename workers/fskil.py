@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.data import Split
+from workers.errors import InputError
 
 # Speech Commands v2 in the reference's order. Base words: folders 01-20 of
 # data/dataset_prep.py (words sorted by clip count, most first, ties by name), listed in
@@ -77,7 +78,7 @@ class Protocol:
         for name in ("base_classes", "ways", "shots", "sessions", "episodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+                raise InputError(f"{name} must be an integer >= 1; got {value!r}")
 
     @property
     def words(self) -> int:
@@ -87,7 +88,7 @@ class Protocol:
     def check_words(self, available: int, what: str = "the class order") -> None:
         """``ValueError`` when ``available`` words are too few for the protocol."""
         if available < self.words:
-            raise ValueError(
+            raise InputError(
                 f"{what} has {available} words; the protocol needs base_classes + ways * "
                 f"(sessions - 1) = {self.base_classes} + {self.ways} * {self.sessions - 1} = "
                 f"{self.words}"
@@ -118,21 +119,21 @@ def read_class_order(path: str | Path, labels: Sequence[str], protocol: Protocol
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read class order file {path}: {err}") from err
+        raise InputError(f"cannot read class order file {path}: {err}") from err
     order, line_of = [], {}
     for number, line in enumerate(text.splitlines(), 1):
         word = line.split("#", 1)[0].strip()
         if not word:
             continue
         if word in line_of:
-            raise ValueError(f"class order file {path} repeats {word!r} (lines "
+            raise InputError(f"class order file {path} repeats {word!r} (lines "
                              f"{line_of[word]} and {number})")
         line_of[word] = number
         order.append(word)
     allowed = set(labels)
     unknown = [w for w in order if w not in allowed]
     if unknown:
-        raise ValueError(f"class order file {path}: unknown word(s) "
+        raise InputError(f"class order file {path}: unknown word(s) "
                          f"{', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(labels))}")
     protocol.check_words(len(order), what=f"class order file {path}")
     return order
@@ -143,7 +144,7 @@ def class_ids(order: Sequence[str], labels: Sequence[str]) -> list[int]:
     index = {word: i for i, word in enumerate(labels)}
     unknown = [w for w in order if w not in index]
     if unknown:
-        raise ValueError(f"class order names unknown word(s) {', '.join(map(repr, unknown))};"
+        raise InputError(f"class order names unknown word(s) {', '.join(map(repr, unknown))};"
                          f" allowed: {', '.join(sorted(labels))}")
     return [index[w] for w in order]
 
@@ -175,10 +176,19 @@ def base_rows(labels: torch.Tensor, order: Sequence[int], protocol: Protocol
 def base_split(split: Split, order: Sequence[int], protocol: Protocol) -> Split:
     """``split`` restricted to the base words, relabelled 0..base_classes-1."""
     rows, base_labels = base_rows(split.labels, order, protocol)
-    keep = rows.tolist()
-    return Split(features={name: value[rows] for name, value in split.features.items()},
-                 labels=base_labels.to(split.labels.dtype),
-                 speakers=[split.speakers[i] for i in keep], clips=[split.clips[i] for i in keep])
+    return split.subset(rows, base_labels.to(split.labels.dtype))
+
+
+def check_shots(labels: torch.Tensor, order: Sequence[int], protocol: Protocol,
+                names: Sequence[str]) -> None:
+    """``InputError`` before any training when a novel word has fewer than ``shots``
+    training clips to draw from."""
+    counts = torch.bincount(labels.cpu(), minlength=len(names))
+    novel = [c for session in session_classes(order, protocol)[1:] for c in session]
+    short = [f"{names[c]} ({int(counts[c])})" for c in novel if counts[c] < protocol.shots]
+    if short:
+        raise InputError(f"shots={protocol.shots}, but these novel words have fewer training "
+                         f"clips: {', '.join(short)}; lower --shots or choose another order")
 
 
 # --- prototypes and scoring ----------------------------------------------------------
@@ -194,7 +204,7 @@ def draw_shots(labels: torch.Tensor, classes: Sequence[int], shots: int, *, seed
         rows = (labels == c).nonzero().squeeze(1).cpu()
         if len(rows) < shots:
             word = names[c] if names is not None else c
-            raise ValueError(f"word {word!r} has {len(rows)} training clips, fewer than "
+            raise InputError(f"word {word!r} has {len(rows)} training clips, fewer than "
                              f"shots={shots}")
         pick = np.random.default_rng([seed, episode, c]).choice(len(rows), shots, replace=False)
         out.append(rows[torch.from_numpy(pick)])
@@ -211,7 +221,7 @@ def prototypes(emb: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], 
     for c in classes:
         mask = labels == c
         if not mask.any():
-            raise ValueError(f"class {c} has no embeddings to average")
+            raise InputError(f"class {c} has no embeddings to average")
         means.append(emb[mask].mean(0))
     return torch.stack(means)
 
@@ -361,10 +371,10 @@ def logmel_baseline(train: Split, test: Split, order: Sequence[str], labels: Seq
     The standardisation also undoes any per-bin standardisation the caller applied, so
     raw and FeatureNorm-ed splits give the same numbers."""
     rows, _ = base_rows(train.labels, class_ids(order[:protocol.words], labels), protocol)
-    base_means = train.features["speech"][rows].mean(1)  # (N_base, n_mels)
+    base_means = train.take(rows, ("speech",))[0].mean(1)  # (N_base, n_mels)
     centre, scale = base_means.mean(0), base_means.std(0).clamp_min(1e-5)
 
     def embed_fn(split: Split, rows: torch.Tensor) -> torch.Tensor:
-        return (split.features["speech"][rows].mean(1) - centre) / scale
+        return (split.take(rows, ("speech",))[0].mean(1) - centre) / scale
 
     return run_protocol(embed_fn, train, test, order, labels, protocol, seed=seed)

@@ -16,6 +16,27 @@ EPOCH_METRICS = ("epoch", *STEP_METRICS, "skipped_steps", "epoch_seconds",
 FINAL_METRICS = ("test_acc", "test_cos_rec", "best_epoch", "probe_word_from_formant",
                  "probe_speaker_from_residual")
 
+# Added to the last epoch under the FSKIL protocol (workers.fskil): the headline numbers,
+# each session's four accuracies (means over the episodes), and the headline numbers of the
+# plain baseline (time-averaged log-mel prototypes, no training). The per-episode detail
+# goes into the history only, under the key FSKIL_DETAIL.
+FSKIL_HEADLINE = ("fskil_mean_acc", "fskil_last_acc", "fskil_last_harmonic")
+FSKIL_KINDS = ("overall", "seen", "unseen", "harmonic")
+LOGMEL_HEADLINE = ("logmel_mean_acc", "logmel_last_acc", "logmel_last_harmonic")
+FSKIL_DETAIL = "fskil"
+
+
+def session_metric(session: int, kind: str, source: str = "fskil") -> str:
+    """``fskil_s3_unseen``: a session's accuracy of one kind (FSKIL_KINDS), of the trained
+    encoder (``fskil``) or of the plain baseline (``logmel``)."""
+    return f"{source}_s{session}_{kind}"
+
+
+def comparison_metrics(protocol: str) -> tuple[str, ...]:
+    """What the report compares variants on under ``protocol``."""
+    return FSKIL_HEADLINE if protocol == "fskil" else (COMPARISON_METRIC,)
+
+
 SELECTION_METRIC = "val_acc"  # picks the best weights of a run, and is Tune's metric
 SELECTION_MODE = "max"
 COMPARISON_METRIC = "test_acc"  # what the report compares variants on

@@ -25,9 +25,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from losses import similarity_losses
+from workers import fskil
 from workers.config import RunConfig
-from workers.data import FEATURES, Prepared, Split, load_prepared
-from workers.metrics import HISTORY_FILE, SELECTION_METRIC, STEP_METRICS
+from workers.data import FEATURES, Split, load_prepared
+from workers.metrics import (
+    FSKIL_DETAIL,
+    FSKIL_HEADLINE,
+    HISTORY_FILE,
+    LOGMEL_HEADLINE,
+    SELECTION_METRIC,
+    STEP_METRICS,
+    session_metric,
+)
 from workers.model import KeywordModel
 from workers.probes import linear_probe_accuracy
 from workers.sampler import LocalBatch, epoch_batches
@@ -82,26 +91,31 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None) -> None:
     a caller that wants to see or change every step (a test, a benchmark) wraps it."""
     cfg = RunConfig.from_dict(config)
     ctx = _rank_context(cfg)
-    data = load_prepared(cfg.data)
-    normalise = FeatureNorm.fit(data.splits["train"])  # before the train split is changed
+    data = load_prepared(cfg.data)  # the node's mapped copy, shared by its workers
+    words = Words(cfg, data.labels, data.splits["train"].labels)
+    normalise = FeatureNorm.fit(words.trained(data.splits["train"]))
     splits = {name: normalise(split, ctx.device) for name, split in data.splits.items()}
-    model = build_model(cfg, data)
+    trained = {name: words.trained(split) for name, split in splits.items()}
+    model = build_model(cfg, data.meta, classes=words.classes)
+    del data  # on an accelerator the features are there now: let the host mapping go
     ddp_model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = restore(model, optimizer)
 
     for epoch in range(state.epoch, cfg.epochs):
         _seed_dropout(cfg, epoch, ctx)
-        train_metrics = train_epoch(ddp_model, optimizer, splits["train"], cfg, epoch, ctx,
+        train_metrics = train_epoch(ddp_model, optimizer, trained["train"], cfg, epoch, ctx,
                                     step=step or train_step)
-        val = evaluate(model, splits["validation"], ctx)
+        val = evaluate(model, trained["validation"], ctx)
         metrics = {"epoch": epoch + 1, **train_metrics, "world_size": ctx.world_size,
                    **_prefixed("val_", val)}
         state = _track_best(state, model, metrics)
+        detail = {}
         if epoch + 1 == cfg.epochs:
-            metrics.update(final_evaluation(model, state, splits, ctx))
+            final, detail = final_evaluation(model, state, splits, trained, words, ctx)
+            metrics.update(final)
         state.epoch = epoch + 1
-        state.history.append(metrics)
+        state.history.append({**metrics, **detail})  # the detail is for the history only
         report(metrics, model, optimizer, state, ctx)
 
 
@@ -117,33 +131,87 @@ def _rank_context(cfg: RunConfig) -> RankContext:
 
 
 class FeatureNorm:
-    """Standardises each feature type per mel bin with the training split's statistics."""
+    """Standardises each feature type per mel bin with the training rows' statistics."""
 
     def __init__(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         self.stats = stats
 
     @classmethod
     def fit(cls, train: Split) -> FeatureNorm:
+        """Mean and standard deviation per mel bin over every frame of the split's rows."""
         stats = {}
         for name in FEATURES:
-            x = train.features[name].reshape(-1, train.features[name].shape[-1])
-            stats[name] = (x.mean(0), x.std(0).clamp_min(1e-5))
+            x = train.features[name]
+            if train.rows is None:  # the whole array: no copy of the (mapped) features
+                x = x.reshape(-1, x.shape[-1])
+                stats[name] = (x.mean(0), x.std(0).clamp_min(1e-5))
+            else:
+                stats[name] = _subset_stats(x, train.rows)
         return cls(stats)
 
     def __call__(self, split: Split, device: torch.device) -> Split:
-        """Standardise in place (the raw features are not needed again), then move."""
-        features = {
-            name: split.features[name].sub_(mean).div_(std).to(device)
-            for name, (mean, std) in self.stats.items()
-        }
+        """The split ready for ``device``. On the CPU the features stay mapped (one copy per
+        node) and are standardised as rows are taken; on an accelerator they are copied
+        there standardised, chunk by chunk, and the host mapping is not needed again."""
+        if device.type == "cpu":
+            return dataclasses.replace(split, scale=self.stats)
+        rows = split.rows if split.rows is not None else torch.arange(len(split))
+        features = {}
+        for name, (mean, std) in self.stats.items():
+            source = split.features[name]
+            out = torch.empty((len(rows), *source.shape[1:]), device=device)
+            for i in range(0, len(rows), STAGE_ROWS):
+                out[i:i + STAGE_ROWS] = source[rows[i:i + STAGE_ROWS]].to(device)
+            features[name] = out.sub_(mean.to(device)).div_(std.to(device))
         return Split(features, split.labels.to(device), split.speakers, split.clips)
 
 
-def build_model(cfg: RunConfig, data: Prepared) -> KeywordModel:
+STAGE_ROWS = 4096  # clips per host-to-device copy (about 190 MB of one feature type)
+
+
+def _subset_stats(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and (unbiased) std of x[rows] (N, frames, n_mels) in float64, two passes
+    over chunks of rows, so a subset is never copied whole."""
+    n_mels, total, count = x.shape[-1], 0.0, 0
+    for i in range(0, len(rows), STAGE_ROWS):
+        part = x[rows[i:i + STAGE_ROWS]].reshape(-1, n_mels).double()
+        total, count = total + part.sum(0), count + len(part)
+    mean, squares = total / count, 0.0
+    for i in range(0, len(rows), STAGE_ROWS):
+        part = x[rows[i:i + STAGE_ROWS]].reshape(-1, n_mels).double()
+        squares = squares + (part - mean).square().sum(0)
+    std = (squares / max(count - 1, 1)).sqrt()
+    return mean.float(), std.float().clamp_min(1e-5)
+
+
+class Words:
+    """Which words a run trains on: every word (standard protocol), or the base words of
+    the FSKIL protocol in its class order, relabelled 0..base_classes-1; the novel words
+    then never reach training, its shuffled pairs or its feature statistics."""
+
+    def __init__(self, cfg: RunConfig, labels: list[str], train_labels: torch.Tensor):
+        self.cfg, self.labels = cfg, labels
+        self.order = None
+        if cfg.protocol == "fskil":
+            self.order = cfg.class_order or fskil.default_class_order(labels)
+            fskil.check_shots(train_labels, fskil.class_ids(self.order, labels), cfg.fskil,
+                              labels)
+
+    @property
+    def classes(self) -> int:
+        return self.cfg.base_classes if self.order else len(self.labels)
+
+    def trained(self, split: Split) -> Split:
+        if self.order is None:
+            return split
+        return fskil.base_split(split, fskil.class_ids(self.order, self.labels), self.cfg.fskil)
+
+
+def build_model(cfg: RunConfig, meta: dict, *, classes: int) -> KeywordModel:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and world size
     return KeywordModel(
-        classes=len(data.labels), temperature=cfg.temperature, n_mels=data.meta["n_mels"],
-        frames=data.meta["frames"], frames_per_token=cfg.frames_per_token,
+        classes=classes, temperature=cfg.temperature, n_mels=meta["n_mels"],
+        frames=meta["frames"], frames_per_token=cfg.frames_per_token,
         dropout=cfg.dropout, **cfg.sizes,
     )
 
@@ -189,7 +257,7 @@ def gather_batch(train: Split, local: LocalBatch, ctx: RankContext) -> Batch:
     """This rank's rows of the step, indexed out of the split on the device."""
     rows = torch.as_tensor(local.indices, device=ctx.device)
     return Batch(
-        features=tuple(train.features[name][rows] for name in FEATURES),
+        features=train.take(rows),
         labels=train.labels[rows],
         formant_partner=torch.as_tensor(local.formant_partner, device=ctx.device),
         residual_partner=torch.as_tensor(local.residual_partner, device=ctx.device),
@@ -299,8 +367,7 @@ def _peak_rss_mb(ctx: RankContext) -> float:
 def embed(model, split: Split, rows: torch.Tensor):
     """(emb, emb_formant, emb_residual, logits) of the given rows, in eval mode."""
     model.eval()
-    outs = [model(*[split.features[n][rows[i:i + EVAL_BATCH]] for n in FEATURES])
-            for i in range(0, len(rows), EVAL_BATCH)]
+    outs = [model(*split.take(rows[i:i + EVAL_BATCH])) for i in range(0, len(rows), EVAL_BATCH)]
     if not outs:  # an empty shard: a rank with no rows still joins the reduction
         dim, classes = model.classifier.weight.shape[1], model.classifier.weight.shape[0]
         empty = torch.zeros(0, dim, device=rows.device)
@@ -337,15 +404,53 @@ def _track_best(state: TrainState, model, metrics: dict) -> TrainState:
 
 
 def final_evaluation(model, state: TrainState, splits: dict[str, Split],
-                     ctx: RankContext) -> dict[str, float]:
-    """Test accuracy of the best-validation weights, and the two linear probes."""
+                     trained: dict[str, Split], words: Words,
+                     ctx: RankContext) -> tuple[dict[str, float], dict]:
+    """With the best-validation weights: the test accuracy on the trained words, the two
+    linear probes on the whole test split, and under FSKIL the protocol's sessions.
+    Returns (metrics, detail for the history)."""
     current = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state.best_model)
-    test = evaluate(model, splits["test"], ctx)
-    probes = probe_accuracies(model, splits["test"])
+    test = evaluate(model, trained["test"], ctx)
+    metrics = {"test_acc": test["acc"], "test_cos_rec": test["cos_rec"],
+               "best_epoch": state.best_epoch, **probe_accuracies(model, splits["test"])}
+    detail = {}
+    if words.order:
+        sessions, detail = fskil_evaluation(model, splits, words)
+        metrics.update(sessions)
     model.load_state_dict(current)
-    return {"test_acc": test["acc"], "test_cos_rec": test["cos_rec"],
-            "best_epoch": state.best_epoch, **probes}
+    return metrics, detail
+
+
+def fskil_evaluation(model, splits: dict[str, Split], words: Words) -> tuple[dict, dict]:
+    """The FSKIL sessions with the frozen encoder, and the plain log-mel baseline under the
+    same order, shots and test. Every rank computes the same numbers (deterministic)."""
+    cfg = words.cfg
+    args = (splits["train"], splits["test"], words.order, words.labels, cfg.fskil)
+    result = fskil.run_protocol(lambda split, rows: embed_speech(model, split, rows), *args,
+                                seed=cfg.seed)
+    baseline = fskil.logmel_baseline(*args, seed=cfg.seed)
+    metrics = {
+        **{name: result.headline[name.removeprefix("fskil_")] for name in FSKIL_HEADLINE},
+        **{name: baseline.headline[name.removeprefix("logmel_")] for name in LOGMEL_HEADLINE},
+        **{session_metric(s, kind): value for s, accuracies in enumerate(result.per_session)
+           for kind, value in accuracies.items()},
+        **{session_metric(s, kind, "logmel"): value
+           for s, accuracies in enumerate(baseline.per_session)
+           for kind, value in accuracies.items()},
+    }
+    detail = {FSKIL_DETAIL: {**dataclasses.asdict(result),
+                             "logmel_per_session": baseline.per_session}}
+    return metrics, detail
+
+
+@torch.no_grad()
+def embed_speech(model, split: Split, rows: torch.Tensor) -> torch.Tensor:
+    """(N, emb_dim) speech embeddings of ``rows``, in eval mode (the frozen encoder)."""
+    model.eval()
+    outs = [model.encoder(split.take(rows[i:i + EVAL_BATCH], ("speech",))[0])
+            for i in range(0, len(rows), EVAL_BATCH)]
+    return torch.cat(outs) if outs else torch.zeros(0, model.classifier.weight.shape[1])
 
 
 def probe_accuracies(model, split: Split) -> dict[str, float]:
