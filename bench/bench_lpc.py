@@ -172,6 +172,20 @@ def diffsptk_method(frames: torch.Tensor, order: int, residual=None):
     return run
 
 
+def _parity_against_burg(label, a, e, want, e_want) -> dict:
+    """How far coefficients ``a`` and residual ``e`` are from librosa's Burg ones."""
+    coef = np.abs(a - want).max(axis=1)
+    out = {"coef_max_abs_diff": float(coef.max()),
+           "coef_median_frame_max_abs_diff": float(np.median(coef)),
+           "residual_max_abs_diff": float(np.abs(e - e_want).max()),
+           "residual_rms_ratio": float(np.sqrt((e**2).sum() / (e_want**2).sum()))}
+    print(f"{label} vs librosa.lpc (Burg, float64): coefficients max |diff| {coef.max():.2e} "
+          f"(median frame {np.median(coef):.2e}); residual max |diff| "
+          f"{out['residual_max_abs_diff']:.2e} (max |e| {np.abs(e_want).max():.2e}), residual "
+          f"energy {out['residual_rms_ratio'] ** 2:.2f}x Burg's")
+    return out
+
+
 def check_diffsptk_parity(frames32: np.ndarray, order: int) -> dict:
     """diffsptk against librosa's Burg (float64 frames): max |diff| of the coefficient
     vectors and of the residuals (each with its own coefficients, librosa's by lfilter);
@@ -192,33 +206,15 @@ def check_diffsptk_parity(frames32: np.ndarray, order: int) -> dict:
         for got in (e, e_conv):
             assert np.abs(got - e_own).max() <= tol * np.abs(e_own).max(), \
                 "batched residual does not match lfilter with the same coefficients"
-        coef = np.abs(a.double().numpy() - want).max(axis=1)
-        out[name] = {
-            "coef_max_abs_diff": float(coef.max()),
-            "coef_median_frame_max_abs_diff": float(np.median(coef)),
-            "residual_max_abs_diff": float(np.abs(e - e_want).max()),
-            "residual_rms_ratio": float(np.sqrt((e**2).sum() / (e_want**2).sum())),
-        }
-        print(f"diffsptk {name} vs librosa.lpc (Burg, float64): coefficients max |diff| "
-              f"{coef.max():.2e} (median frame {np.median(coef):.2e}); residual max |diff| "
-              f"{out[name]['residual_max_abs_diff']:.2e} (max |e| {np.abs(e_want).max():.2e}), "
-              f"residual energy {out[name]['residual_rms_ratio'] ** 2:.2f}x Burg's")
+        out[name] = _parity_against_burg(f"diffsptk {name}", a.double().numpy(), e, want,
+                                         e_want)
     # A user of the autocorrelation method would taper the frame first: coefficients of
     # the Hann-windowed frame, residual of the frame itself (timings are rectangular; the
     # window is one multiply)
     a_hann = diffsptk_lpc(torch.from_numpy(frames64 * np.hanning(frames64.shape[1])), order)
     e_hann = residual_unfold(torch.from_numpy(frames64), a_hann).numpy()
-    coef = np.abs(a_hann.numpy() - want).max(axis=1)
-    out["float64_hann"] = {
-        "coef_max_abs_diff": float(coef.max()),
-        "coef_median_frame_max_abs_diff": float(np.median(coef)),
-        "residual_max_abs_diff": float(np.abs(e_hann - e_want).max()),
-        "residual_rms_ratio": float(np.sqrt((e_hann**2).sum() / (e_want**2).sum())),
-    }
-    print(f"diffsptk float64 on Hann-windowed frames: coefficients max |diff| {coef.max():.2e} "
-          f"(median frame {np.median(coef):.2e}); residual max |diff| "
-          f"{out['float64_hann']['residual_max_abs_diff']:.2e}, residual energy "
-          f"{out['float64_hann']['residual_rms_ratio'] ** 2:.2f}x Burg's")
+    out["float64_hann"] = _parity_against_burg("diffsptk float64 on Hann-windowed frames",
+                                               a_hann.numpy(), e_hann, want, e_want)
     out["float32_vs_float64_coef_max_abs_diff"] = float(
         (coefficients["float32"].double() - coefficients["float64"]).abs().max())
     print(f"diffsptk float32 vs its float64: coefficients max |diff| "

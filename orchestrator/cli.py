@@ -73,18 +73,23 @@ def build_config(options: dict) -> RunConfig:
 
 def with_data(cfg: RunConfig, options: dict) -> RunConfig:
     """``cfg`` with its data folder resolved and checked (the synthetic corpus, prepared
-    once, when none is given), and the words of a --class-order file checked against it."""
-    cfg = _resolve_data(cfg)
-    order_file = options.get("class_order_file")
-    if order_file is None:
-        return cfg
-    if cfg.protocol != "fskil":
-        raise UserError("--class-order orders the words of --protocol fskil; add it")
-    from workers.data import read_meta
-    from workers.fskil import read_class_order
+    once, when none is given), a --class-order file read against its words, and the run's
+    needs checked against its training labels (words for a batch, FSKIL shots)."""
+    import torch
 
-    labels = read_meta(cfg.data)["labels"]
-    return cfg.replace(class_order=read_class_order(order_file, labels, cfg.fskil))
+    from workers.data import read_labels, read_meta
+    from workers.fskil import read_class_order
+    from workers.train import check_data
+
+    cfg = _resolve_data(cfg)
+    meta = read_meta(cfg.data)
+    order_file = options.get("class_order_file")
+    if order_file is not None:
+        if cfg.protocol != "fskil":
+            raise InputError("--class-order orders the words of --protocol fskil; add it")
+        cfg = cfg.replace(class_order=read_class_order(order_file, meta["labels"], cfg.fskil))
+    check_data(cfg, meta["labels"], torch.from_numpy(read_labels(cfg.data, meta, "train")))
+    return cfg
 
 
 def address_option(func):
@@ -140,8 +145,9 @@ def version():
 
 @cli.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Folder to create (written under a temporary name, then renamed).")
+@click.option("--out", required=True,
+              help="Folder to create: a path (written under a temporary name, then renamed) "
+                   "or a URI such as s3://bucket/data/sc2 (shards first, meta.json last).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the synthetic corpus (when SOURCE is not given).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -168,6 +174,8 @@ def prepare(source, out, seed, overwrite, use_ray, address, as_json):
     from orchestrator.launch import ray_session
     from orchestrator.prepare import prepare as run_prepare
 
+    if storage.is_uri(out):  # an unusable bucket fails now, not after the features
+        storage.check_writable(storage.parent(out))
     if use_ray is None:
         use_ray = bool(address) or _count_wavs(source) > 2000
     with ray_session(address) if use_ray else _nothing():
@@ -203,11 +211,12 @@ def train(address, dashboard, as_json, **options):
     """
     cfg = build_config(options)
     if cfg.gpu and not address and not _local_gpu():
-        raise UserError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
+        raise InputError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
                         "--address of a GPU cluster")
     from orchestrator.launch import RunInterrupted, launch, named, ray_session
 
     cfg = named(with_data(cfg, options))
+    storage.check_writable(storage.resolve(cfg.storage_path or _default_storage()))
     with ray_session(address, num_cpus=_local_cpus(cfg), dashboard=dashboard):
         if not address:  # a cluster behind --address may autoscale to what is missing
             _check_resources(cfg)
@@ -254,7 +263,7 @@ def train(address, dashboard, as_json, **options):
                    "off; the report shows how far each moves from world size 1.")
 @click.option("--world-sizes", default="1,2,4", show_default=True,
               help="World sizes of --study world-size.")
-@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--resume", "resume_dir", default=None,
               help="Continue the interrupted sweep in this folder (other options are ignored).")
 @address_option
 @click.option("--dashboard", is_flag=True,
@@ -283,6 +292,7 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     from orchestrator.launch import default_storage, ray_session
 
     if resume_dir is not None:
+        storage.check_reachable(resume_dir)
         definition = sweeps.read_definition(resume_dir)
         base = RunConfig.from_dict(definition["base"])
         with _sweep_endings(resume_dir, as_json), ray_session(
@@ -297,10 +307,11 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
         chosen += [v + ":detached" for v in chosen if v.count(":") == 2]
     sizes = _world_sizes(world_sizes) if study == "world-size" else None
     if seeds < 1:
-        raise UserError("--seeds must be >= 1")
+        raise InputError("--seeds must be >= 1")
     trials = sweep_variants.trial_configs(chosen, seeds,
                                           sweep_variants.parse_grid(list(grid_items)), sizes)
     base = with_data(base, options)
+    storage.check_writable(storage.resolve(base.storage_path or default_storage()))
     if sizes:
         base = base.replace(dropout=0.0)
     folder = storage.join(storage.resolve(base.storage_path or default_storage()),
@@ -318,7 +329,7 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
 
 
 @cli.command()
-@click.argument("sweep_dir", type=click.Path(path_type=Path))
+@click.argument("sweep_dir")
 @click.option("--baseline", default=None,
               help="Variant the others are compared with, paired by seed [default: cosine "
                    "if the sweep has it, else its first variant].")
@@ -335,6 +346,7 @@ def report(sweep_dir, baseline, fmt, as_json, plot):
       dotsim report ~/dotsim_results/sweep-2026-11-27_10-00-00
       dotsim report SWEEP_DIR --baseline dot:minmax:local --json
     """
+    storage.check_reachable(sweep_dir)
     _print_report(sweep_dir, as_json or fmt == "json", baseline=baseline, plot=plot)
 
 
@@ -366,7 +378,7 @@ def submit(args, address, no_wait, working_dir):
     args = list(args)
     if args and args[0] in ("status", "logs", "stop"):
         if len(args) != 2:
-            raise UserError(f"usage: dotsim submit {args[0]} JOB_ID")
+            raise InputError(f"usage: dotsim submit {args[0]} JOB_ID")
         client = jobs.client(address)
         action, job_id = args
         if action == "status":
@@ -453,9 +465,16 @@ def _resolve_data(cfg: RunConfig) -> RunConfig:
 
     if cfg.data is None:
         return cfg.replace(data=str(ensure_synthetic()))
-    path = Path(cfg.data).expanduser().resolve()
-    check_prepared(path)  # PreparedDataError (an InputError) names what is wrong
-    return cfg.replace(data=str(path))
+    location = storage.resolve(cfg.data)
+    storage.check_reachable(location)
+    check_prepared(location)  # PreparedDataError (an InputError) names what is wrong
+    return cfg.replace(data=location)
+
+
+def _default_storage() -> str:
+    from orchestrator.launch import default_storage
+
+    return default_storage()
 
 
 def _resume_command(ctx: click.Context, run_name: str) -> str:
@@ -491,9 +510,9 @@ def _sweep_endings(sweep_dir: str, as_json: bool):
         click.echo(f"dotsim: {stopped}", err=True)
         sys.exit(130)
     except SweepFailed as failed:
-        _print_report(sweep_dir, as_json)
-        for outcome in failed.trials:
+        for outcome in failed.trials:  # first: the report below could fail too
             click.echo(f"dotsim: trial {outcome.name} failed: {outcome.error}", err=True)
+        _print_report(sweep_dir, as_json)
         click.echo(f"dotsim: {failed}", err=True)
         sys.exit(1)
 
@@ -502,9 +521,9 @@ def _world_sizes(text: str) -> list[int]:
     try:
         sizes = sorted({int(x) for x in text.split(",")})
     except ValueError as err:
-        raise UserError(f"--world-sizes {text!r}: write numbers like 1,2,4") from err
+        raise InputError(f"--world-sizes {text!r}: write numbers like 1,2,4") from err
     if sizes[0] != 1 or min(sizes) < 1:
-        raise UserError("--world-sizes must include 1 (the reference) and be >= 1")
+        raise InputError("--world-sizes must include 1 (the reference) and be >= 1")
     return sizes
 
 
@@ -534,10 +553,10 @@ def _check_resources(cfg: RunConfig) -> None:
     have = ray.cluster_resources()
     need_cpu = cfg.workers * cfg.cpus_per_worker
     if cfg.gpu and have.get("GPU", 0) < cfg.workers:
-        raise UserError(f"--gpu with {cfg.workers} workers needs {cfg.workers} GPUs; the "
+        raise InputError(f"--gpu with {cfg.workers} workers needs {cfg.workers} GPUs; the "
                         f"cluster has {int(have.get('GPU', 0))}")
     if have.get("CPU", 0) < need_cpu:
-        raise UserError(f"{cfg.workers} workers x {cfg.cpus_per_worker} CPUs need {need_cpu} "
+        raise InputError(f"{cfg.workers} workers x {cfg.cpus_per_worker} CPUs need {need_cpu} "
                         f"CPUs; the cluster has {have.get('CPU', 0)}: lower --workers or "
                         "--cpus-per-worker")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -49,6 +52,8 @@ def validate(config_path: Path) -> dict:
     ``validate_config`` checks the result against ``ray-schema.json``; neither needs cloud
     access. Any problem becomes an InputError with one line.
     """
+    # Ray's public autoscaler API (ray.autoscaler.sdk) has no offline check of a config:
+    # this is the one place dotsim imports a private Ray module, and it is tested
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)
@@ -132,6 +137,23 @@ def check_launcher(config: dict, config_path: Path) -> None:
                    if Path(local).name == "auth_token" else "create it or change the entry")
             raise InputError(f"{config_path}: file_mounts copies {local} to {remote} on every "
                              f"node, and {local} does not exist: {fix}")
+    check_aws_reachable(config["provider"]["region"])
+
+
+def check_aws_reachable(region: str, timeout_s: float = 5.0) -> None:
+    """Open (and close) a connection to the EC2 API of ``region``, or to the endpoint that
+    AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL name, as boto3 would: a machine without the
+    network fails here in one line, not in a traceback from inside `ray up`."""
+    endpoint = (os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL")
+                or f"https://ec2.{region}.amazonaws.com")
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise InputError(f"cannot reach AWS at {url.hostname}:{port} "
+                         f"({err.strerror or err}): `ray up` needs this machine to reach the "
+                         "EC2 API; check its network (and proxy)") from err
 
 
 def aws_credentials_found() -> bool:

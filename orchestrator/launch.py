@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -34,6 +33,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.auth import ray_auth_token
 from workers import storage
 from workers.config import RunConfig
+from workers.data import data_fingerprint
 from workers.errors import InputError
 from workers.metrics import HISTORY_FILE, is_finished
 from workers.train import train_loop_per_worker
@@ -139,13 +139,16 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
     assert cfg.data is not None, "resolve the data folder before launching"
     cfg = named(cfg)
     location = run_location(cfg)
-    history = bind_run(cfg, location)
-    if is_finished(history, cfg.epochs):
-        return _summary(cfg, location, history, already_finished=True)
-    with _progress_printer(cfg, progress) as forward:
-        trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
-                               worker_env=worker_env)
-        result = _fit(trainer, cfg, location)
+    try:
+        history = bind_run(cfg, location)
+        if is_finished(history, cfg.epochs):
+            return _summary(cfg, location, history, already_finished=True)
+        with _progress_printer(cfg, progress) as forward:
+            trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
+                                   worker_env=worker_env)
+            result = _fit(trainer, cfg, location)
+    except KeyboardInterrupt as stop:  # Ctrl-C before Ray Train's own handler is in place
+        raise RunInterrupted(cfg, len(run_history(location))) from stop
     return _summary(cfg, location, checkpoint_history(result.checkpoint))
 
 
@@ -216,7 +219,10 @@ def bind_run(cfg: RunConfig, location: str) -> list[dict]:
     if storage.exists(record_path):
         record = storage.read_json(record_path)
         _check_same_run(RunConfig.from_dict(record["config"]), cfg, location)
-        if record.get("data_fingerprint") != fingerprint:
+        if "data_fingerprint" not in record:
+            raise InputError(f"run {cfg.run_name} was started by an older dotsim that did not "
+                             "record its data; start a new run with another --run-name")
+        if record["data_fingerprint"] != fingerprint:
             raise InputError(
                 f"the prepared data in {cfg.data} changed since run {cfg.run_name} started "
                 "(its meta.json differs); start a new run with another --run-name")
@@ -234,9 +240,11 @@ def bind_run(cfg: RunConfig, location: str) -> list[dict]:
 def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str) -> None:
     changed = saved.differences(cfg)
     if changed == ["workers"] and saved.world_size_independent:
+        exact = ("exactly, up to round-off" if saved.dropout == 0 else
+                 "with other dropout masks (drawn per rank) but the same batches")
         click.echo(f"dotsim: resuming {cfg.run_name} on {cfg.workers} workers (it ran on "
-                   f"{saved.workers}): its batches and {saved.variant} statistics do not "
-                   "depend on the world size", err=True)
+                   f"{saved.workers}): its batches and {saved.variant} loss do not depend on "
+                   f"the world size, so it continues {exact}", err=True)
         return
     if changed:
         fields = ", ".join(f"{name} {getattr(saved, name)!r} -> {getattr(cfg, name)!r}"
@@ -255,11 +263,6 @@ def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:
             "epochs_done_before": epochs_done, "workers": cfg.workers,
             "code_version": code_version(), "packages": package_versions(),
             "cluster_resources": ray.cluster_resources() if ray.is_initialized() else {}}
-
-
-def data_fingerprint(data: str) -> str:
-    """A short hash of the prepared folder's meta.json (its settings, sources and counts)."""
-    return hashlib.sha256(storage.read_bytes(storage.join(data, "meta.json"))).hexdigest()[:16]
 
 
 def run_history(location: str) -> list[dict]:

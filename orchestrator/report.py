@@ -26,7 +26,9 @@ from workers import storage
 from workers.errors import InputError
 from workers.metrics import (
     COMPARISON_METRIC,
+    FSKIL_HEADLINE,
     FSKIL_KINDS,
+    LOGMEL_HEADLINE,
     comparison_metrics,
     session_metric,
 )
@@ -41,14 +43,10 @@ SUMMARY_METRICS = {
     "probe_speaker_from_residual": "probe: speaker from emb_residual",
     "minutes": "training minutes",
 }
-FSKIL_METRICS = {
-    "fskil_mean_acc": "FSKIL: accuracy, mean over sessions",
-    "fskil_last_acc": "FSKIL: last-session accuracy",
-    "fskil_last_harmonic": "FSKIL: last-session harmonic mean",
-    "logmel_mean_acc": "log-mel baseline: accuracy, mean over sessions",
-    "logmel_last_acc": "log-mel baseline: last-session accuracy",
-    "logmel_last_harmonic": "log-mel baseline: last-session harmonic mean",
-}
+FSKIL_METRICS = dict(zip(FSKIL_HEADLINE, ("accuracy, mean over sessions",
+                                          "last-session accuracy", "last-session harmonic mean"),
+                         strict=True))
+LOGMEL_BASELINE = "log-mel baseline (no training)"
 # A difference worth knowing about, in the units of an accuracy: one point.
 DIFFERENCE_OF_INTEREST = 0.01
 ROUND_OFF = 1e-3  # a world size whose curve stays this close to world size 1 "stays put"
@@ -64,14 +62,11 @@ def load_results(sweep_dir: str) -> pd.DataFrame:
     return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
 
 
-def summary_metrics(protocol: str) -> dict[str, str]:
-    return {**SUMMARY_METRICS, **(FSKIL_METRICS if protocol == "fskil" else {})}
-
-
 def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its status, error and the summary metrics of its history (and
     every final metric, such as each FSKIL session's accuracies, as it was reported)."""
-    finals = [c for c in frame.columns if c.startswith(("fskil_", "logmel_"))]
+    finals = list(dict.fromkeys([*FSKIL_HEADLINE, *LOGMEL_HEADLINE, *(
+        c for c in frame.columns if c.startswith(("fskil_", "logmel_")))]))
     rows = []
     for trial, h in frame.sort_values("epoch").groupby("trial", sort=False):
         last, epochs = h.iloc[-1], h.dropna(subset=["epoch"])
@@ -92,15 +87,31 @@ def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise(trials: pd.DataFrame, protocol: str = "standard") -> list[dict]:
-    """Per variant (and grid point): the metrics over its finished seeds."""
+    """Per variant (and grid point): the metrics over its finished seeds; under FSKIL the
+    protocol's headline numbers too, and a last row for the log-mel baseline."""
+    metrics = {**SUMMARY_METRICS, **(FSKIL_METRICS if protocol == "fskil" else {})}
     out = []
     for (variant, grid), group in trials.groupby(["variant", "grid"], sort=False):
         done = group[group["status"] == "FINISHED"]
         out.append({
             "variant": variant, "grid": json.loads(grid), "seeds": sorted(done["seed"]),
-            **{m: _interval(done[m]) for m in summary_metrics(protocol)},
+            **{m: _interval(done[m]) for m in metrics},
         })
+    if protocol == "fskil":
+        for grid, seeds in _baseline_seeds(trials):
+            out.append({"variant": LOGMEL_BASELINE, "grid": json.loads(grid),
+                        "seeds": sorted(seeds["seed"]),
+                        **{m: _interval(seeds[b]) for m, b in zip(FSKIL_HEADLINE,
+                                                                   LOGMEL_HEADLINE,
+                                                                   strict=True)}})
     return out
+
+
+def _baseline_seeds(trials: pd.DataFrame):
+    """Per grid point, one finished trial per seed: the log-mel baseline depends only on
+    the seed's shot draws (and the grid's protocol sizes), not on the variant."""
+    done = trials[trials["status"] == "FINISHED"].drop_duplicates(["grid", "seed"])
+    return done.groupby("grid", sort=False)
 
 
 def sessions(trials: pd.DataFrame, protocol: str) -> list[dict]:
@@ -119,8 +130,8 @@ def sessions(trials: pd.DataFrame, protocol: str) -> list[dict]:
 
     out = [{"variant": variant, "grid": json.loads(grid), "sessions": table(group, "fskil")}
            for (variant, grid), group in done.groupby(["variant", "grid"], sort=False)]
-    out.append({"variant": "log-mel baseline (no training)", "grid": {},
-                "sessions": table(done, "logmel")})
+    out += [{"variant": LOGMEL_BASELINE, "grid": json.loads(grid),
+             "sessions": table(seeds, "logmel")} for grid, seeds in _baseline_seeds(trials)]
     return out
 
 
@@ -246,17 +257,16 @@ def _fmt_p(p) -> str:
 def to_markdown(report: dict) -> str:
     lines = [f"# dotsim report: {report['sweep']}", "",
              "Mean ± 95% t half-width over each variant's finished seeds.", ""]
-    names = summary_metrics(report.get("protocol", "standard"))
-    head = ["variant", "grid", "seeds"] + list(names.values())
-    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for v in report["variants"]:
-        cells = [v["variant"], _grid(v["grid"]), str(len(v["seeds"]))]
-        cells += [_fmt(v[m], 2 if m == "minutes" else 3) for m in names]
-        lines.append("| " + " | ".join(cells) + " |")
+    trained = [v for v in report["variants"] if v["variant"] != LOGMEL_BASELINE]
+    lines += _table(trained, SUMMARY_METRICS)
+    if report.get("protocol") == "fskil":
+        lines += ["", "## FSKIL headline numbers", "",
+                  "Mean ± 95% t half-width over seeds; the log-mel baseline is the same "
+                  "protocol with no training (prototypes of time-averaged log-mel "
+                  "spectrograms).", ""]
+        lines += _table(report["variants"], FSKIL_METRICS)
     lines += _left_out_lines(report["left_out"])
-    for metric in report.get("metrics", [COMPARISON_METRIC]):
-        rows = [p for p in report["paired"] if p["metric"] == metric]
-        lines += _paired_lines(report["baseline"], metric, rows)
+    lines += _paired_lines(report["baseline"], report["paired"])
     if report.get("sessions"):
         lines += _session_lines(report["sessions"])
     if "world_size" in report:
@@ -271,19 +281,30 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paired_lines(baseline: str, metric: str, rows: list[dict]) -> list[str]:
-    lines = ["", f"## Paired by seed against `{baseline}` ({metric})", "",
+def _table(variants: list[dict], metrics: dict[str, str]) -> list[str]:
+    head = ["variant", "grid", "seeds", *metrics.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for v in variants:
+        cells = [v["variant"], _grid(v["grid"]), str(len(v["seeds"]))]
+        cells += [_fmt(v[m], 2 if m == "minutes" else 3) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_lines(baseline: str, rows: list[dict]) -> list[str]:
+    lines = ["", f"## Paired by seed against `{baseline}`", "",
              "Each variant minus the baseline on the same seeds; p from a paired t-test, "
-             f"Holm-corrected across the {len(rows)} variants compared.", "",
-             "| variant | grid | seeds | mean difference | 95% t CI | 95% bootstrap | p | "
-             "p (Holm) | verdict | what these seeds can tell |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "Holm-corrected per metric across the variants compared.", "",
+             "| metric | variant | grid | seeds | mean difference | 95% t CI | 95% bootstrap | "
+             "p | p (Holm) | verdict | what these seeds can tell |",
+             "|" + " --- |" * 11]
     for p in rows:
         diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:+.3f}"
         ci = "-" if p["half_width"] is None else f"± {p['half_width']:.3f}"
-        lines.append(f"| {p['variant']} | {_grid(p['grid'])} | {len(p['seeds'])} | {diff} | "
-                     f"{ci} | {_fmt_range(p['bootstrap_ci'])} | {_fmt_p(p['p'])} | "
-                     f"{_fmt_p(p['p_holm'])} | {p['verdict']} | {p['power']} |")
+        lines.append(f"| {p['metric']} | {p['variant']} | {_grid(p['grid'])} | "
+                     f"{len(p['seeds'])} | {diff} | {ci} | {_fmt_range(p['bootstrap_ci'])} | "
+                     f"{_fmt_p(p['p'])} | {_fmt_p(p['p_holm'])} | {p['verdict']} | "
+                     f"{p['power']} |")
     return lines
 
 

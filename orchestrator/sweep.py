@@ -79,8 +79,9 @@ def concurrency(base: RunConfig, trials: list[dict], max_concurrent: int | None,
                 elastic: bool = False) -> int:
     """Trials at once such that every trial's Train workers can be placed: Tune does
     not count them, so too many trials would wait on each other until Ray Train gives up.
-    A fixed-size cluster refuses a ``max_concurrent`` it cannot place; an ``elastic``
-    (autoscaling) cluster may not have the nodes yet: there, --max-concurrent or 1."""
+    A fixed-size cluster refuses a ``max_concurrent`` it cannot place. On an ``elastic``
+    cluster (one behind --address, which may autoscale) the nodes may not be there yet:
+    ``max_concurrent`` is taken as given, else as many as fit now (at least 1)."""
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
     widest = max(t.get("workers", base.workers) for t in trials)
@@ -235,19 +236,25 @@ def trial_outcomes(sweep_dir: str) -> list[TrialOutcome]:
         cfg = _trial_config(definition["base"], trial, sweep_dir)
         history = run_history(storage.join(cfg.storage_path, cfg.run_name))
         tune_status, error = tune_states.get(cfg.run_name, ("PENDING", None))
-        outcomes.append(TrialOutcome(cfg.run_name, cfg, trial,
-                                     _status(tune_status, history, cfg.epochs), error, history))
+        status, error = _status(tune_status, error, history, cfg.epochs,
+                                definition["scheduler"])
+        outcomes.append(TrialOutcome(cfg.run_name, cfg, trial, status, error, history))
     return outcomes
 
 
-def _status(tune_status: str, history: list[dict], epochs: int) -> str:
+def _status(tune_status: str, error: str | None, history: list[dict], epochs: int,
+            scheduler: str) -> tuple[str, str | None]:
+    """(status, error) of a trial from Tune's status and its run's history."""
     if tune_status == "ERROR":
-        return "ERROR"
+        return "ERROR", error
     if is_finished(history, epochs):
-        return "FINISHED"
-    if tune_status == "TERMINATED":  # ended without its last epoch: the scheduler stopped it
-        return "STOPPED"
-    return "UNFINISHED"
+        return "FINISHED", None
+    if tune_status == "TERMINATED":  # ended without its last epoch
+        if scheduler == "asha":
+            return "STOPPED", None  # the scheduler stopped it early
+        return "ERROR", (f"the trial ended after {len(history)} of {epochs} epochs without an "
+                         "error, and no scheduler stops trials early in this sweep")
+    return "UNFINISHED", None
 
 
 def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None]]:

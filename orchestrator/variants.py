@@ -84,12 +84,21 @@ def trial_configs(variants: list[str], seeds: int, grid: dict[str, list],
     keys = list(grid) + (["workers"] if world_sizes else [])
     for variant, seed, values in itertools.product(variants, range(seeds),
                                                    itertools.product(*axes)):
-        trial = {**parse_variant(variant), "seed": seed, **dict(zip(keys, values, strict=True))}
+        fields = parse_variant(variant)
+        trial = {**fields, "seed": seed, **dict(zip(keys, values, strict=True))}
+        named, made = RunConfig(**fields).variant, RunConfig(**trial).variant
+        if made != named:  # the trial would be named, and compared, as another variant
+            raise InputError(f"--grid {_grid_text(keys, values)} turns variant {named} into "
+                             f"{made}; ask for {made} with --variants instead")
         key = json.dumps(trial, sort_keys=True)
         if key not in seen:
             seen.add(key)
             trials.append(trial)
     return trials
+
+
+def _grid_text(keys, values) -> str:
+    return " ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
 
 
 def grid_point(cfg: RunConfig, trial: dict) -> dict:

@@ -46,11 +46,41 @@ def small_prepared(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One local Ray for the whole test session: 2 CPUs, no dashboard, an isolated HOME
-    and token auth off (ray.init would otherwise write a token into the real HOME)."""
-    import os
+def s3_endpoint():
+    """A real S3 API on 127.0.0.1 for the session (moto in server mode, in a thread of this
+    process), reached the way a user reaches MinIO or another S3-compatible store: through
+    AWS_ENDPOINT_URL and credentials in the environment, which Ray's processes inherit."""
+    from moto.server import ThreadedMotoServer
 
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+    _restore(saved)
+
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+          "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
+
+def _restore(saved: dict) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory, s3_endpoint):
+    """One local Ray for the whole test session: 2 CPUs, no dashboard, an isolated HOME
+    and token auth off (ray.init would otherwise write a token into the real HOME). Its
+    processes see the session's S3 endpoint (s3_endpoint)."""
     import ray
 
     home = tmp_path_factory.mktemp("home")
@@ -60,8 +90,4 @@ def ray_local(tmp_path_factory):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    _restore(saved)

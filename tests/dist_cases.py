@@ -126,4 +126,4 @@ def outside_group(rank, world_size, case):
     except ValueError as err:
         return str(err)
     loss.backward()
-    return loss.detach(), emb.grad
+    return loss.detach(), emb.grad, emb.detach(), rec

@@ -36,13 +36,22 @@ def train_workers() -> list[psutil.Process]:
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
+def holds(condition) -> bool:
+    """``condition()``, False while it cannot be evaluated: Ray writes a run's checkpoint
+    snapshot in place, so a reader can catch it half-written."""
+    try:
+        return bool(condition())
+    except Exception:
+        return False
+
+
 def kill_a_worker_when(condition, timeout_s: float = 300.0) -> threading.Thread:
     """In the background: once ``condition()`` holds, kill one Ray Train worker process
     (SIGKILL, as the kernel's OOM killer would). The thread's ``killed`` list holds its pid."""
     def watch():
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            if condition() and (workers := train_workers()):
+            if holds(condition) and (workers := train_workers()):
                 workers[-1].kill()
                 thread.killed.append(workers[-1].pid)
                 return

@@ -98,6 +98,17 @@ def _train(*options):
     return setup
 
 
+def _class_order(lines, *options):
+    def setup(tmp, sc, prep):
+        (tmp / "order.txt").write_text("\n".join(lines) + "\n")
+        return ["train", "--data", str(prep), "--storage-path", str(tmp / "runs"),
+                "--class-order", str(tmp / "order.txt"), *options]
+    return setup
+
+
+WORDS = list(synth.WORDS)
+
+
 def _cluster_typo(tmp, sc, prep):
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     config["idle_timeout_minute"] = config.pop("idle_timeout_minutes")
@@ -150,6 +161,20 @@ CASES = [
     ("resume a folder that is not a sweep", _not_a_sweep("resume"),
      "not a dotsim sweep folder"),
     ("--out exists", _out_exists, "already exists"),
+    ("--class-order with an unknown word", _class_order([*WORDS[:34], "banana"], "--protocol",
+                                                        "fskil"), "unknown word(s) 'banana'"),
+    ("--class-order repeating a word", _class_order([*WORDS, WORDS[0]], "--protocol", "fskil"),
+     f"repeats '{WORDS[0]}'"),
+    ("--class-order with too few words", _class_order(WORDS[:30], "--protocol", "fskil"),
+     "has 30 words; the protocol needs"),
+    ("--class-order without the fskil protocol", _class_order(WORDS), "--protocol fskil"),
+    ("--protocol that does not exist", _train("--protocol", "fsl"),
+     "allowed: standard, fskil"),
+    ("a batch of more words than the data has clips for",
+     _train("--batch-size", "16", "--clips-per-class", "8"), "lower --batch-size"),
+    ("more shots than a new word has training clips",
+     _train("--protocol", "fskil", "--batch-size", "32", "--clips-per-class", "2",
+            "--shots", "6"), "lower --shots"),
 ]
 
 

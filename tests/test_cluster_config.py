@@ -14,6 +14,7 @@ import copy
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -328,7 +329,21 @@ def fake_aws_keys(no_aws, monkeypatch):
         pytest.skip("`ray up` needs ssh and rsync on the launching machine")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-key")
-    return no_aws
+    # the EC2 API stands in as a listening socket on 127.0.0.1 (no traffic leaves here)
+    listener = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    yield no_aws
+    listener.close()
+
+
+def test_up_without_the_network_stops_before_ray_up(tmp_path, fake_aws_keys, monkeypatch):
+    (fake_aws_keys / ".ray").mkdir()
+    (fake_aws_keys / ".ray" / "auth_token").write_text("t" * 32)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nobody answers there
+    result, call = up(filled_in(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert "cannot reach AWS at 127.0.0.1:9" in one_line(result)
+    call.assert_not_called()
 
 
 def test_up_without_a_ray_token_says_how_to_make_one(tmp_path, fake_aws_keys):

@@ -203,11 +203,13 @@ def _mapped_pss(folder: str, barrier, out) -> None:
     out.put(pss)
 
 
-def test_the_node_copy_is_held_once_by_all_its_processes(small_prepared):
+def test_the_node_copy_is_held_once_by_all_its_processes(small_prepared, tmp_path,
+                                                        monkeypatch):
     """Two processes that map the node's copy each account for half of it: the features
     are in memory once per node, not once per worker."""
     import multiprocessing as mp
 
+    monkeypatch.setenv("DOTSIM_NODE_CACHE", str(tmp_path / "node"))  # mapped by no one else
     folder = node_copy(small_prepared)
     size = sum(p.stat().st_size for p in folder.glob("*-speech.npy")) * len(FEATURES)
     ctx = mp.get_context("spawn")

@@ -159,7 +159,17 @@ def test_gather_rows_without_process_group_is_identity():
 def test_a_rank_outside_the_group_is_refused(gloo_pool, similarity):
     """torch gives a non-member world size -1: the loss must refuse it (it used to return
     the value with the gradient's sign flipped) while the members compute as usual."""
+    from losses import similarity_loss
+
     case = {"similarity": similarity, "norm": "minmax"}
     member0, member1, outsider = gloo_pool(3).run(outside_group, case)
     assert isinstance(outsider, str) and "not a member" in outsider
-    assert member0[0] == member1[0]  # the members agree: the loss of their two batches
+    # the members: the single-process loss of their two batches, and its gradient
+    emb = torch.cat([member0[2], member1[2]]).requires_grad_()
+    loss = similarity_loss(emb, torch.cat([member0[3], member1[3]]), **case)
+    loss.backward()
+    for got in (member0, member1):
+        torch.testing.assert_close(got[0], loss.detach())
+    # each rank holds its own rows' gradient of its term; DDP's average over the 2 ranks
+    # would halve it, so twice the local gradient is the single-process one
+    torch.testing.assert_close(torch.cat([member0[1], member1[1]]) / 2, emb.grad)

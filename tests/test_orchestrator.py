@@ -64,6 +64,14 @@ def test_grid_crosses_fields_and_deduplicates():
     assert [t["workers"] for t in world] == [1, 2, 4]
 
 
+def test_a_grid_that_turns_a_variant_into_another_is_refused():
+    """Both similarity weights at 0 make any variant the cross-entropy ablation: its trials
+    would share names and be compared as the wrong variant."""
+    with pytest.raises(InputError, match="turns variant cosine into ce-only"):
+        trial_configs(["cosine"], 1, {"w_lpc": [0.0], "w_shuffled": [0.0]})
+    assert [t["w_lpc"] for t in trial_configs(["ce-only"], 1, {})] == [0.0]
+
+
 @pytest.mark.parametrize("item,match", [("w_lpc", "KEY=V1,V2"), ("nope=1", "not a config"),
                                         ("scope=local", "--variants"),
                                         ("epochs=x", "not a valid int")])
@@ -415,3 +423,13 @@ def test_trials_stay_on_the_head_of_a_cluster_from_cluster_yaml(monkeypatch):
     assert sweeps.trial_resources()[launcher.HEAD_RESOURCE] == 1
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     assert launcher.HEAD_RESOURCE in config["available_node_types"]["head"]["resources"]
+
+
+def test_the_report_reads_only_metrics_the_training_loop_defines():
+    """One definition of the metrics: every metric the report summarises is one that
+    workers/metrics.py names (the derived ones are computed from them)."""
+    from workers.metrics import EPOCH_METRICS, FINAL_METRICS, FSKIL_HEADLINE
+
+    derived = {"val_acc_final", "val_acc_best", "minutes"}
+    assert set(reports.SUMMARY_METRICS) - derived <= set(EPOCH_METRICS) | set(FINAL_METRICS)
+    assert set(reports.FSKIL_METRICS) == set(FSKIL_HEADLINE)

@@ -230,9 +230,10 @@ class RunConfig:
             "/", "_")
 
     def differences(self, other: RunConfig) -> list[str]:
-        """Names of the result fields in which ``other`` differs from this config."""
-        mine, theirs = self.result_fields(), other.result_fields()
-        return [name for name in mine if mine[name] != theirs[name]]
+        """Names of the result fields in which ``other`` differs from this config (a field
+        that counts for only one of them, such as the FSKIL sizes, counts)."""
+        names = dict.fromkeys([*self.result_fields(), *other.result_fields()])
+        return [name for name in names if getattr(self, name) != getattr(other, name)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

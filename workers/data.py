@@ -212,15 +212,23 @@ def check_prepared(location: str | os.PathLike) -> dict:
         for name in meta["shards"][split]:
             if not storage.exists(storage.join(location, name)):
                 raise PreparedDataError(f"{location} is missing shard {name}; prepare again")
-            parquet = pq.ParquetFile(f"{root}/{name}", filesystem=fs)
-            if not parquet.schema_arrow.equals(expected):
-                raise PreparedDataError(f"{location}/{name} has an unexpected schema; prepare "
-                                        "again")
-            rows += parquet.metadata.num_rows
+            with pq.ParquetFile(f"{root}/{name}", filesystem=fs) as parquet:
+                if not parquet.schema_arrow.equals(expected):
+                    raise PreparedDataError(f"{location}/{name} has an unexpected schema; "
+                                            "prepare again")
+                rows += parquet.metadata.num_rows
         if rows != meta["counts"][split]:
             raise PreparedDataError(f"{location}: split {split} has {rows} clips, meta.json "
                                     f"says {meta['counts'][split]}; prepare again")
     return meta
+
+
+def read_labels(location: str | os.PathLike, meta: dict, split: str) -> np.ndarray:
+    """(N,) int64 labels of a split, read from the label column alone (no features)."""
+    fs, root = storage.filesystem(location)
+    columns = [pq.read_table(f"{root}/{name}", columns=["label"], filesystem=fs)
+               .column("label").to_numpy() for name in meta["shards"][split]]
+    return np.concatenate(columns).astype(np.int64) if columns else np.zeros(0, np.int64)
 
 
 def data_fingerprint(location: str | os.PathLike) -> str:
@@ -250,6 +258,8 @@ def node_copy(location: str | os.PathLike) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(folder.with_suffix(".lock")):
         if not (folder / "meta.json").is_file():
+            for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # a killed attempt
+                shutil.rmtree(stale, ignore_errors=True)
             meta = check_prepared(location)
             tmp = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
             try:

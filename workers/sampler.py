@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workers.errors import InputError
+
 
 @dataclass(frozen=True)
 class GlobalBatch:
@@ -58,13 +60,7 @@ def epoch_batches(
     runs out), so every clip is seen about once per epoch.
     """
     rng = np.random.default_rng([seed, epoch])
-    classes = np.unique(labels)
-    eligible = [c for c in classes if (labels == c).sum() >= clips_per_class]
-    if len(eligible) < classes_per_batch:
-        raise ValueError(
-            f"a batch needs {classes_per_batch} classes with >= {clips_per_class} clips each, "
-            f"but the data has {len(eligible)}; lower batch_size or clips_per_class"
-        )
+    eligible = check_classes(labels, classes_per_batch, clips_per_class)
     queues = {c: _Queue(np.flatnonzero(labels == c), rng) for c in eligible}
     batches = []
     for _ in range(steps_per_epoch(len(labels), classes_per_batch * clips_per_class)):
@@ -78,6 +74,19 @@ def epoch_batches(
             )
         )
     return batches
+
+
+def check_classes(labels: np.ndarray, classes_per_batch: int, clips_per_class: int) -> list:
+    """The classes a batch can draw from (those with >= clips_per_class clips);
+    ``InputError`` when they are fewer than a batch needs."""
+    classes = np.unique(labels)
+    eligible = [c for c in classes if (labels == c).sum() >= clips_per_class]
+    if len(eligible) < classes_per_batch:
+        raise InputError(
+            f"a batch needs {classes_per_batch} words with >= {clips_per_class} training clips "
+            f"each, but the data has {len(eligible)}; lower --batch-size or --clips-per-class"
+        )
+    return eligible
 
 
 def derangements(groups: int, k: int, rng: np.random.Generator) -> np.ndarray:

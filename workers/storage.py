@@ -5,12 +5,15 @@ in dotsim goes through these few helpers, so both kinds of location behave the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from workers.errors import InputError
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -32,7 +35,49 @@ def filesystem(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def join(location: str | os.PathLike, *parts: str) -> str:
-    return "/".join([str(location).rstrip("/"), *parts])
+    """``location`` / parts; a URI's query (``?region=...``) stays at the end."""
+    base, query = str(location), ""
+    if is_uri(location):
+        base, _, query = base.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + (f"?{query}" if query else "")
+
+
+def parent(location: str | os.PathLike) -> str:
+    """The folder that holds ``location``."""
+    if not is_uri(location):
+        return str(Path(resolve(location)).parent)
+    base, _, query = str(location).partition("?")
+    return base.rstrip("/").rsplit("/", 1)[0] + (f"?{query}" if query else "")
+
+
+@contextlib.contextmanager
+def _usable(location: str | os.PathLike):
+    """Storage that cannot be reached or used (a bucket that does not exist, missing
+    credentials, an endpoint nobody answers at, no permission) is the user's to fix:
+    ``InputError`` with the first line of the reason. Only the up-front checks below use
+    it: a storage error later in a run is a failure, not bad input."""
+    try:
+        yield
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot use storage {location}: {reason}") from err
+
+
+def check_writable(location: str | os.PathLike) -> None:
+    """Write and delete a small object under ``location``, so that storage that cannot be
+    used fails here, in one line, before anything starts."""
+    probe = join(location, f".dotsim-probe-{uuid.uuid4().hex[:8]}")
+    with _usable(location):
+        write_bytes(probe, b"")
+        fs, path = filesystem(probe)
+        fs.delete_file(path)
+
+
+def check_reachable(location: str | os.PathLike) -> None:
+    """Ask the storage about ``location`` (it need not exist), so that storage that cannot
+    be reached fails here, in one line."""
+    with _usable(location):
+        exists(location)
 
 
 def exists(location: str | os.PathLike) -> bool:
@@ -58,8 +103,8 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` so that a reader never sees half of it: a local file is written
     under a temporary name and renamed; an object store's put is atomic."""
     fs, path = filesystem(location)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
+    if isinstance(fs, pafs.LocalFileSystem):  # object stores have no folders to make
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open_output_stream(tmp) as stream:
             stream.write(data)

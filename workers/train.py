@@ -39,7 +39,7 @@ from workers.metrics import (
 )
 from workers.model import KeywordModel
 from workers.probes import linear_probe_accuracy
-from workers.sampler import LocalBatch, epoch_batches
+from workers.sampler import LocalBatch, check_classes, epoch_batches
 
 CHECKPOINT_FILE = "state.pt"
 EVAL_BATCH = 256
@@ -205,6 +205,18 @@ class Words:
         if self.order is None:
             return split
         return fskil.base_split(split, fskil.class_ids(self.order, self.labels), self.cfg.fskil)
+
+
+def check_data(cfg: RunConfig, labels: list[str], train_labels: torch.Tensor) -> None:
+    """What the driver checks of a run against its data before anything starts, from the
+    training labels alone (``InputError``): under FSKIL the class order and the shots, and
+    enough words with enough clips for a batch of the words trained on."""
+    words = Words(cfg, labels, train_labels)
+    trained = train_labels
+    if words.order:
+        order = fskil.class_ids(words.order, labels)
+        trained = fskil.base_rows(train_labels, order, cfg.fskil)[1]
+    check_classes(trained.numpy(), cfg.groups_per_batch, cfg.clips_per_class)
 
 
 def build_model(cfg: RunConfig, meta: dict, *, classes: int) -> KeywordModel:
