@@ -41,6 +41,12 @@ def test_prepare_train_resume_sweep_and_report_in_a_bucket(ray_local, bucket, tm
     prepared = CliRunner().invoke(cli, ["prepare", str(source), "--out", data, "--json"])
     assert prepared.exit_code == 0, prepared.output
     assert {"data/sc/meta.json", "data/sc/train-00000.parquet"} <= _keys("data/sc/")
+    first_id = json.loads(storage.read_bytes(f"{data}/meta.json"))["prepared_id"]
+    again = CliRunner().invoke(cli, ["prepare", str(source), "--out", data])
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    replaced = CliRunner().invoke(cli, ["prepare", str(source), "--out", data, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(storage.read_bytes(f"{data}/meta.json"))["prepared_id"] != first_id
 
     runs = f"{bucket}/runs"
     train = ["train", "--data", data, "--storage-path", runs, *TINY, "--epochs", "2",

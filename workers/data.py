@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -157,18 +158,37 @@ class PreparedWriter:
                 "prepared_id": uuid.uuid4().hex}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if storage.is_uri(self.out):
-            fs, path = storage.filesystem(self.out)
-            if storage.exists(self.out):  # --overwrite
-                fs.delete_dir(path)
-            names = [n for split in SPLITS for n in self.shards[split]] + ["meta.json"]
-            for name in names:  # meta.json last: until it is there, nothing is published
-                storage.write_bytes(storage.join(self.out, name), (self.tmp / name).read_bytes())
-            self.abort()
+            self._upload()
         else:
-            if Path(self.out).exists():
-                shutil.rmtree(self.out)
-            os.replace(self.tmp, self.out)
+            self._rename_into_place()
         return self.out
+
+    def _upload(self) -> None:
+        """Shards first, meta.json last. Over an existing folder (--overwrite) its
+        meta.json goes first, so no reader ever pairs the old meta.json with new shards;
+        shards the new folder does not list go last."""
+        fs, path = storage.filesystem(self.out)
+        old: set[str] = set()
+        if storage.exists(self.out):
+            old = {info.base_name for info in fs.get_file_info(pafs.FileSelector(path))}
+            if "meta.json" in old:
+                fs.delete_file(f"{path}/meta.json")
+        names = [n for split in SPLITS for n in self.shards[split]]
+        for name in [*names, "meta.json"]:
+            storage.write_bytes(storage.join(self.out, name), (self.tmp / name).read_bytes())
+        for stale in old - {*names, "meta.json"}:
+            fs.delete_file(f"{path}/{stale}")
+        self.abort()
+
+    def _rename_into_place(self) -> None:
+        """One rename publishes the folder; an existing one (--overwrite) is moved aside
+        first and deleted after, so a crash leaves the old or the new folder whole."""
+        target = Path(self.out)
+        aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        if target.exists():
+            os.replace(target, aside)
+        os.replace(self.tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
