@@ -58,12 +58,13 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     Local: dashboard off unless asked (heavy on small machines), and then on 127.0.0.1
     only; Ray 2.60 turns token authentication on for a local cluster it starts. Remote:
     a token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent. A Ray
-    that this function started is shut down on exit.
+    that this function started is shut down on exit. Yields Ray's context of the
+    connection (its dashboard URL, ...), or None when Ray was connected already.
     """
     if address:
         check_reachable(address)  # even when connected already: a wrong address is an error
     if ray.is_initialized():  # e.g. a test or a notebook already connected
-        yield
+        yield None
         return
     if address:
         # GPU nodes of an autoscaling cluster take minutes to join: wait for the worker
@@ -71,7 +72,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1200")
         if ray_auth_token():  # Ray sends it only in token mode
             os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address, logging_level=logging.WARNING)
+        context = ray.init(address=address, logging_level=logging.WARNING)
     else:
         # Without the dashboard, Ray Train's placement-group cleaner cannot reach the
         # State API and logs a warning every few seconds: keep worker logs local then
@@ -83,7 +84,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             click.echo(f"Ray Dashboard: http://{context.dashboard_url} (token: "
                        "~/.ray/auth_token)", err=True)
     try:
-        yield
+        yield context
     finally:
         ray.shutdown()
 
@@ -270,10 +271,22 @@ def run_history(location: str) -> list[dict]:
     ([] when there is none), read through Ray's ``Result.from_path``."""
     fs, path = storage.filesystem(location)
     try:
-        result = ray.train.Result.from_path(path, storage_filesystem=fs)
+        with _quiet("ray.train"):  # it logs "A run snapshot was found" at INFO every time
+            result = ray.train.Result.from_path(path, storage_filesystem=fs)
     except RuntimeError:  # no folder, or no checkpoint written yet
         return []
     return checkpoint_history(result.checkpoint) if result.checkpoint else []
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def checkpoint_history(checkpoint: ray.train.Checkpoint) -> list[dict]:

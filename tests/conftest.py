@@ -50,8 +50,11 @@ def s3_endpoint():
     """A real S3 API on 127.0.0.1 for the session (moto in server mode, in a thread of this
     process), reached the way a user reaches MinIO or another S3-compatible store: through
     AWS_ENDPOINT_URL and credentials in the environment, which Ray's processes inherit."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request else
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

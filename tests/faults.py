@@ -32,8 +32,18 @@ def nan_loop(rank: int, epoch: int, step: int):
 
 
 def train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    """The Ray Train worker processes of this test session's Ray (the local Ray that this
+    process started runs them as its descendants), never those of another Ray here."""
+    mine = psutil.Process().children(recursive=True)
+    return [p for p in mine
+            if any("RayTrainWorker" in part for part in (_cmdline(p) or []))]
+
+
+def _cmdline(process: psutil.Process) -> list[str] | None:
+    try:
+        return process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def holds(condition) -> bool:

@@ -12,11 +12,11 @@ pytestmark = pytest.mark.ray
 
 PROBE = r"""
 import json, urllib.error, urllib.request
-import psutil, ray
+import psutil
 from orchestrator.launch import ray_session
 
-with ray_session(num_cpus=1, dashboard=True):
-    url = "http://" + ray._private.worker.get_dashboard_url()
+with ray_session(num_cpus=1, dashboard=True) as context:
+    url = "http://" + context.dashboard_url
     port = int(url.rsplit(":", 1)[1])
     family = {psutil.Process().pid} | {c.pid for c in psutil.Process().children(recursive=True)}
     listening = [(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
