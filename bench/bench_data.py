@@ -94,8 +94,10 @@ def run(data: Path, workers: int, storage: Path, batch_size: int) -> dict:
 
     # the step wrapper lives in __main__, so Ray sends it by value to the workers
     marker = str(storage / f"first-step-{workers}")
-    cfg = RunConfig(data=str(data), storage_path=str(storage), run_name=f"w{workers}",
+    cfg = RunConfig(data=str(data), storage_path=str(storage),
+                    run_name=f"w{workers}-{time.strftime('%H%M%S')}",  # a new run each time
                     preset="tiny", epochs=1, batch_size=batch_size, workers=workers,
+                    clips_per_class=batch_size // 32,  # 32 words of the 35 per batch
                     cpus_per_worker=round(1.9 / workers, 2) if workers > 1 else 1.0)
     loop = functools.partial(train_loop_per_worker,
                              step=functools.partial(_first_step, marker))
