@@ -271,7 +271,7 @@ def run_history(location: str) -> list[dict]:
     ([] when there is none), read through Ray's ``Result.from_path``."""
     fs, path = storage.filesystem(location)
     try:
-        with _quiet("ray.train"):  # it logs "A run snapshot was found" at INFO every time
+        with quiet("ray.train"):  # it logs "A run snapshot was found" at INFO every time
             result = ray.train.Result.from_path(path, storage_filesystem=fs)
     except RuntimeError:  # no folder, or no checkpoint written yet
         return []
@@ -279,14 +279,16 @@ def run_history(location: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str):
+def quiet(logger_name: str, level: int = logging.WARNING):
+    """Only records of ``level`` and above from ``logger_name`` while inside (Ray's readers
+    log every file they look at)."""
     logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    previous = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(previous)
 
 
 def checkpoint_history(checkpoint: ray.train.Checkpoint) -> list[dict]:

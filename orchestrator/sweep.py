@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import ray
 from ray import tune
 
 from orchestrator.cluster import HEAD_RESOURCE
-from orchestrator.launch import run_history
+from orchestrator.launch import quiet, run_history
 from orchestrator.variants import grid_point, trial_name
 from workers import storage
 from workers.config import RunConfig
@@ -48,13 +49,17 @@ STATUSES = ("FINISHED", "STOPPED", "ERROR", "UNFINISHED")
 
 
 def _run_trial(config: dict) -> None:
-    """One Tune trial: ``launch`` of base config + this trial's fields."""
+    """One Tune trial: ``launch`` of base config + this trial's fields. A run that had
+    finished already (the sweep's driver died before Tune recorded it) trains nothing:
+    its last epoch is reported to Tune, which needs a result from every trial."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestrator.launch import launch
 
     cfg = _trial_config(config["base"], config["trial"], config["sweep_dir"])
-    launch(cfg, callbacks=[TuneReportCallback()], progress=False)
+    summary = launch(cfg, callbacks=[TuneReportCallback()], progress=False)
+    if summary["already_finished"]:
+        tune.report({k: v for k, v in summary["metrics"].items() if k != FSKIL_DETAIL})
 
 
 def _trial_config(base: dict, trial: dict, sweep_dir: str) -> RunConfig:
@@ -262,7 +267,9 @@ def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None]]:
     read with Ray's public ``ExperimentAnalysis`` ({} before Tune saved any)."""
     fs, path = storage.filesystem(storage.join(sweep_dir, TUNE_NAME))
     try:
-        analysis = tune.ExperimentAnalysis(path, storage_filesystem=fs)
+        # quiet: it warns of every trial that has reported no metrics yet
+        with quiet("ray.tune", logging.ERROR):
+            analysis = tune.ExperimentAnalysis(path, storage_filesystem=fs)
     except ValueError:  # no experiment state yet
         return {}
     states = {}

@@ -69,7 +69,7 @@ def test_an_epoch_covers_most_clips():
 
 
 def test_too_few_classes_is_a_clear_error():
-    with pytest.raises(ValueError, match="needs 11 classes"):
+    with pytest.raises(ValueError, match="needs 11 words"):
         _batches(_labels(classes=10), p=11, k=3)
 
 

@@ -102,9 +102,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
                                 stdout=subprocess.DEVNULL, stderr=stderr)
     first = sweep / "runs" / "cosine-seed0"
     deadline = time.time() + 300
-    # kill the driver and its local Ray once the first trial has finished
+    # kill the driver and its local Ray as soon as the first trial's run has finished,
+    # often before Tune has recorded it: the resumed trial must then report the finished
+    # run's results instead of training again
     while time.time() < deadline and _tune_status(sweep, "cosine-seed0") != "FINISHED":
-        time.sleep(1)
+        time.sleep(0.2)
     assert _finished(first), "the first trial did not finish in time"
     assert not _finished(sweep / "runs" / "dot-minmax-local-seed0")
     if how == "SIGKILL":  # the driver and the local Ray it started die at once
