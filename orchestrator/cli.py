@@ -264,7 +264,8 @@ def train(address, dashboard, as_json, **options):
 @click.option("--world-sizes", default="1,2,4", show_default=True,
               help="World sizes of --study world-size.")
 @click.option("--resume", "resume_dir", default=None,
-              help="Continue the interrupted sweep in this folder (other options are ignored).")
+              help="Continue the interrupted sweep in this folder, as it was defined (only "
+                   "--address, --dashboard and --json may be given with it).")
 @address_option
 @click.option("--dashboard", is_flag=True,
               help="Start the Ray Dashboard on 127.0.0.1:8265 (local Ray only).")
@@ -292,6 +293,7 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
     from orchestrator.launch import default_storage, ray_session
 
     if resume_dir is not None:
+        _refuse_options_besides_resume()
         storage.check_reachable(resume_dir)
         definition = sweeps.read_definition(resume_dir)
         base = RunConfig.from_dict(definition["base"])
@@ -507,14 +509,34 @@ def _sweep_endings(sweep_dir: str, as_json: bool):
     try:
         yield
     except SweepInterrupted as stopped:
+        _say_failures(stopped.trials)
         click.echo(f"dotsim: {stopped}", err=True)
         sys.exit(130)
     except SweepFailed as failed:
-        for outcome in failed.trials:  # first: the report below could fail too
-            click.echo(f"dotsim: trial {outcome.name} failed: {outcome.error}", err=True)
+        _say_failures(failed.trials)  # first: the report below could fail too
         _print_report(sweep_dir, as_json)
         click.echo(f"dotsim: {failed}", err=True)
         sys.exit(1)
+
+
+RESUME_OPTIONS = ("resume_dir", "address", "dashboard", "as_json")
+
+
+def _refuse_options_besides_resume() -> None:
+    """``sweep --resume`` continues a sweep as it was defined (its sweep.json and Tune's
+    state): an option that would change it must not be silently ignored."""
+    ctx = click.get_current_context()
+    given = [param.opts[0] for param in ctx.command.params
+             if param.name not in RESUME_OPTIONS
+             and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise InputError(f"--resume continues a sweep with the options it was started with; "
+                         f"drop {', '.join(given)} (start a new sweep to change them)")
+
+
+def _say_failures(trials) -> None:
+    for outcome in trials:
+        click.echo(f"dotsim: trial {outcome.name} failed: {outcome.error}", err=True)
 
 
 def _world_sizes(text: str) -> list[int]:

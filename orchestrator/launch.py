@@ -141,9 +141,9 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
     cfg = named(cfg)
     location = run_location(cfg)
     try:
-        history = bind_run(cfg, location)
-        if is_finished(history, cfg.epochs):
-            return _summary(cfg, location, history, already_finished=True)
+        history, owner = bind_run(cfg, location)
+        if is_finished(history, cfg.epochs):  # the config it was trained with, not this one
+            return _summary(owner, location, history, already_finished=True)
         with _progress_printer(cfg, progress) as forward:
             trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
                                    worker_env=worker_env)
@@ -205,9 +205,10 @@ def _fit(trainer: TorchTrainer, cfg: RunConfig, location: str) -> ray.train.Resu
 # --- the run folder and its record ----------------------------------------------------
 
 
-def bind_run(cfg: RunConfig, location: str) -> list[dict]:
+def bind_run(cfg: RunConfig, location: str) -> tuple[list[dict], RunConfig]:
     """Check that the run folder at ``location`` is new or belongs to ``cfg``, record this
-    launch in its ``dotsim_run.json``, and return the epochs it holds already.
+    launch in its ``dotsim_run.json``, and return the epochs it holds already with the
+    config that started it (``cfg`` for a new run).
 
     The folder belongs to the config that created it: a config that differs in a field
     that changes results is refused, except the number of workers for a run whose numbers
@@ -219,7 +220,8 @@ def bind_run(cfg: RunConfig, location: str) -> list[dict]:
     fingerprint = data_fingerprint(cfg.data)
     if storage.exists(record_path):
         record = storage.read_json(record_path)
-        _check_same_run(RunConfig.from_dict(record["config"]), cfg, location)
+        owner = RunConfig.from_dict(record["config"])
+        _check_same_run(owner, cfg, location, finished=is_finished(history, owner.epochs))
         if "data_fingerprint" not in record:
             raise InputError(f"run {cfg.run_name} was started by an older dotsim that did not "
                              "record its data; start a new run with another --run-name")
@@ -231,16 +233,22 @@ def bind_run(cfg: RunConfig, location: str) -> list[dict]:
         raise InputError(f"{location} holds a Ray Train run that dotsim did not record; "
                          "choose another --run-name")
     else:
+        owner = cfg
         record = {"run_name": cfg.run_name, "run_key": cfg.run_key(), "config": cfg.to_dict(),
                   "data_fingerprint": fingerprint, "launches": []}
     record["launches"].append(_launch_facts(cfg, epochs_done=len(history)))
     storage.write_json(record_path, record)
-    return history
+    return history, owner
 
 
-def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str) -> None:
+def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str, *,
+                    finished: bool) -> None:
     changed = saved.differences(cfg)
     if changed == ["workers"] and saved.world_size_independent:
+        if finished:  # nothing to resume: its results are those of its own workers
+            click.echo(f"dotsim: {cfg.run_name} finished on {saved.workers} workers; "
+                       f"--workers {cfg.workers} changes nothing", err=True)
+            return
         exact = ("exactly, up to round-off" if saved.dropout == 0 else
                  "with other dropout masks (drawn per rank) but the same batches")
         click.echo(f"dotsim: resuming {cfg.run_name} on {cfg.workers} workers (it ran on "

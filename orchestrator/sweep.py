@@ -175,7 +175,12 @@ def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
 
 
 class SweepInterrupted(Exception):
-    """The sweep stopped before every trial ended (Ctrl-C); it can be resumed."""
+    """The sweep stopped before every trial ended (Ctrl-C); it can be resumed. ``trials``:
+    those that had failed by then."""
+
+    def __init__(self, message: str, trials: list[TrialOutcome]):
+        super().__init__(message)
+        self.trials = trials
 
 
 class SweepFailed(Exception):
@@ -194,10 +199,11 @@ def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
     outcomes = trial_outcomes(sweep_dir)
     write_results(sweep_dir, outcomes)
     left = [o.name for o in outcomes if o.status == "UNFINISHED"]
+    failed = [o for o in outcomes if o.status == "ERROR"]
     if left:
         raise SweepInterrupted(f"sweep interrupted with {len(left)} of {len(outcomes)} trials "
-                               f"unfinished; continue it: dotsim sweep --resume {sweep_dir}")
-    failed = [o for o in outcomes if o.status == "ERROR"]
+                               f"unfinished; continue it: dotsim sweep --resume {sweep_dir}",
+                               failed)
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(outcomes)} trials failed; their errors are "
                           f"in {RESULTS_FILE} and the report; after fixing the cause, re-run "
@@ -270,7 +276,11 @@ def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None]]:
         # quiet: it warns of every trial that has reported no metrics yet
         with quiet("ray.tune", logging.ERROR):
             analysis = tune.ExperimentAnalysis(path, storage_filesystem=fs)
-    except ValueError:  # no experiment state yet
+    except ValueError as err:
+        # Tune has not saved its state yet (Ray says so only in this ValueError's text);
+        # any other problem with the state is not "no trials yet"
+        if "No experiment snapshot" not in str(err):
+            raise
         return {}
     states = {}
     for trial in analysis.trials:

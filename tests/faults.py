@@ -1,5 +1,5 @@
 """Faults the tests inject from outside the production code: a training step that feeds
-NaN to one rank (the training loop takes the step function as a parameter), and a kill of
+NaN to one rank or fails (the training loop takes the step function as a parameter), and a kill of
 a Ray Train worker process (found by its process title, as an operator would)."""
 
 import functools
@@ -29,6 +29,19 @@ def nan_loop(rank: int, epoch: int, step: int):
     both 0-based."""
     return functools.partial(train_loop_per_worker,
                              step=functools.partial(_nan_step, (rank, epoch, step)))
+
+
+def _failing_step(at_epoch, model, optimizer, batch, cfg, ctx, where, **kwargs):
+    if where[0] == at_epoch:
+        raise RuntimeError(f"injected failure at the start of epoch {at_epoch + 1}")
+    return train_step(model, optimizer, batch, cfg, ctx, where, **kwargs)
+
+
+def failing_loop(epoch: int):
+    """The training loop, failing on every rank at the first step of ``epoch`` (0-based):
+    the epochs before it are done and checkpointed."""
+    return functools.partial(train_loop_per_worker,
+                             step=functools.partial(_failing_step, epoch))
 
 
 def train_workers() -> list[psutil.Process]:

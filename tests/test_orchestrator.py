@@ -144,6 +144,45 @@ def test_report_on_a_folder_that_is_not_a_sweep(tmp_path):
     assert result.exit_code == 2 and "not a dotsim sweep folder" in result.output
 
 
+def test_sweep_resume_refuses_the_options_it_would_ignore(tmp_path):
+    """--resume continues the sweep as defined: --epochs or --max-concurrent given with it
+    are refused (they used to be dropped without a word); --json may be given."""
+    result = CliRunner().invoke(cli, ["sweep", "--resume", str(tmp_path), "--epochs", "10",
+                                      "--max-concurrent", "4", "--json"])
+    assert result.exit_code == 2
+    assert "drop --epochs, --max-concurrent" in result.output
+    result = CliRunner().invoke(cli, ["sweep", "--resume", str(tmp_path), "--json"])
+    assert result.exit_code == 2 and "not a dotsim sweep folder" in result.output
+
+
+def test_an_interrupted_sweep_still_lists_its_failed_trials(capsys):
+    from types import SimpleNamespace
+
+    from orchestrator.cli import _sweep_endings
+    from orchestrator.sweep import SweepInterrupted
+
+    failed = SimpleNamespace(name="cosine-seed1", error="RuntimeError: worker died")
+    with pytest.raises(SystemExit) as done, _sweep_endings("/nowhere", as_json=False):
+        raise SweepInterrupted("sweep interrupted; continue it: ...", [failed])
+    err = capsys.readouterr().err
+    assert done.value.code == 130
+    assert "trial cosine-seed1 failed: RuntimeError: worker died" in err
+    assert err.index("failed") < err.index("sweep interrupted")
+
+
+def test_damaged_tune_state_is_an_error_not_an_empty_sweep(tmp_path):
+    """Only "no state saved yet" reads as no trials; a damaged state file (damaged here by
+    the test, under Tune's own file name) must not make every trial look pending."""
+    from orchestrator import sweep as sweeps
+
+    tune_dir = tmp_path / sweeps.TUNE_NAME
+    tune_dir.mkdir()
+    assert sweeps._tune_states(str(tmp_path)) == {}
+    (tune_dir / "experiment_state-2026-12-01_10-00-00.json").write_text("{not json")
+    with pytest.raises(ValueError):
+        sweeps._tune_states(str(tmp_path))
+
+
 def test_a_failure_inside_a_library_is_not_a_user_error(tmp_path, capsys):
     """A ValueError from pyarrow (a damaged results.parquet) is a failure: exit 1, one line
     that says how to see the traceback; only dotsim's own InputError is exit 2."""

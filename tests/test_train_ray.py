@@ -161,10 +161,34 @@ def test_workers_may_change_on_resume_only_without_local_statistics(small_prepar
         bind_run(cfg, run_location(cfg))
         fewer = cfg.replace(workers=1)
         if allowed:
-            bind_run(fewer, run_location(fewer))
+            _, owner = bind_run(fewer, run_location(fewer))
+            assert owner.workers == 2  # the folder still belongs to the config that began it
         else:
             with pytest.raises(InputError, match="depend on the number of workers"):
                 bind_run(fewer, run_location(fewer))
+
+
+def test_a_run_resumed_on_fewer_workers_continues_its_history(ray_local, small_prepared,
+                                                                tmp_path):
+    """The world-size decision end to end: a global-statistics run (dropout 0) fails after
+    its first epoch on 2 workers, resumes on 1 and ends with the history of an
+    uninterrupted 2-worker run, to round-off. Once it has finished, another worker count
+    prints its results under the config it ran with and trains nothing."""
+    cfg = named(_cfg(small_prepared, tmp_path, dropout=0.0, max_failures=0,
+                     run_name="shrink"))
+    with pytest.raises(ray.train.TrainingFailedError, match="injected failure"):
+        launch(cfg, progress=False, loop=faults.failing_loop(epoch=1))
+    assert len(run_history(run_location(cfg))) == 1
+    resumed = launch(cfg.replace(workers=1), progress=False)
+    assert [h["world_size"] for h in resumed["history"]] == [2, 1, 1]
+    clean = launch(cfg.replace(run_name="shrink-clean"), progress=False)
+    assert [h["world_size"] for h in clean["history"]] == [2, 2, 2]
+    for ours, theirs in zip(resumed["history"], clean["history"], strict=True):
+        for key in ("train_loss", "train_ce", "train_lpc", "train_shuffled", "lr"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-4), (key, ours, theirs)
+    finished = launch(cfg.replace(workers=1), progress=False)
+    assert finished["already_finished"] and finished["config"]["workers"] == 2
+    assert finished["history"] == resumed["history"]
 
 
 def test_ctrl_c_stops_train_and_the_printed_command_resumes_it(ray_local, small_prepared,
