@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 # The node's copies of prepared data (workers.data.node_cache) for this test session: set
 # before any Ray starts, so its workers and every subprocess inherit it (a spawned child
 # that imports this file keeps its parent's).
-os.environ.setdefault("DOTSIM_NODE_CACHE", tempfile.mkdtemp(prefix="dotsim-node-cache-"))
+if "DOTSIM_NODE_CACHE" not in os.environ:
+    os.environ["DOTSIM_NODE_CACHE"] = tempfile.mkdtemp(prefix="dotsim-node-cache-")
+    atexit.register(shutil.rmtree, os.environ["DOTSIM_NODE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

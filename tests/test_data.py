@@ -2,6 +2,10 @@
 folder path, and the checks that refuse broken folders."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +25,13 @@ from workers.data import (
     PreparedDataError,
     PreparedWriter,
     check_prepared,
+    data_fingerprint,
     load_prepared,
     node_cache,
     node_copy,
     read_meta,
 )
+from workers.errors import InputError
 
 
 def test_prepared_folder_layout_and_contents(small_prepared):
@@ -231,6 +237,60 @@ def test_the_node_copy_is_made_once(small_prepared, tmp_path, monkeypatch):
     assert node_copy(small_prepared) == folder  # the second caller finds it made
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamp
     assert [p.name for p in (tmp_path / "node").iterdir() if p.is_dir()] == [folder.name]
+
+
+def _prepared_again(source: Path, out: Path) -> Path:
+    """The same prepared data under a new ``prepared_id``, as a re-run of prepare makes."""
+    shutil.copytree(source, out)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "prepared_id": out.name}))
+    return out
+
+
+def test_a_node_keeps_the_copies_in_use_and_the_newest_unused_ones(small_prepared, tmp_path):
+    """Every prepare makes a new copy on each node; making one removes the copies that no
+    process holds beyond the most recently used (DOTSIM_NODE_CACHE_KEEP), never one that a
+    live process has mapped."""
+    env = {**os.environ, "DOTSIM_NODE_CACHE": str(tmp_path / "node"),
+           "DOTSIM_NODE_CACHE_KEEP": "1"}
+    data = {name: _prepared_again(small_prepared, tmp_path / name) for name in "ABCDE"}
+    code = ("import sys; from workers.data import load_prepared; load_prepared(sys.argv[1]); "
+            "print('mapped', flush=True); sys.stdin.read()")
+
+    def use(name, hold=False):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(data[name])], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "mapped"
+        if not hold:
+            proc.communicate("", timeout=60)
+        return proc
+
+    def copies():
+        by_id = {data_fingerprint(folder): name for name, folder in data.items()}
+        return sorted(by_id[p.name] for p in (tmp_path / "node").iterdir() if p.is_dir())
+
+    use("A"), use("B")
+    assert copies() == ["A", "B"]  # A: the one unused copy kept
+    holder = use("A", hold=True)  # A in use (found made: nothing removed)
+    use("C")
+    assert copies() == ["A", "B", "C"]  # A held, B the newest unused
+    use("D")
+    assert copies() == ["A", "C", "D"]  # B removed; A still held
+    holder.communicate("", timeout=60)
+    use("E")
+    assert copies() == ["D", "E"]
+
+
+def test_a_node_cache_of_another_user_is_refused(small_prepared, tmp_path, monkeypatch):
+    cache = tmp_path / "node"
+    cache.mkdir()
+    try:
+        os.chown(cache, os.getuid() + 1, -1)
+    except PermissionError:
+        pytest.skip("changing a folder's owner needs root (the CI and dev machines have it)")
+    monkeypatch.setenv("DOTSIM_NODE_CACHE", str(cache))
+    with pytest.raises(InputError, match="belongs to another user"):
+        node_copy(small_prepared)
 
 
 def test_feature_settings_are_recorded(small_prepared):

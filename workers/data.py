@@ -16,12 +16,11 @@ Training reads a node's copy: the first worker on a node turns the shards into N
 arrays in the node's cache (``$DOTSIM_NODE_CACHE``, else the temp folder), once per data
 set, while the other workers wait on a file lock; every worker then memory-maps them. The
 node holds the features once, however many workers it runs, and a restarted worker group
-reads nothing from shared storage again.
+reads only ``meta.json`` from shared storage again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -259,42 +258,84 @@ def data_fingerprint(location: str | os.PathLike) -> str:
 # --- reading: the node's copy --------------------------------------------------------
 
 
+NODE_CACHE_KEEP = 2  # unused copies a node keeps besides those in use ($DOTSIM_NODE_CACHE_KEEP)
+_IN_USE: dict[Path, object] = {}  # copies this process has mapped -> their locks, held shared
+
+
 def node_cache() -> Path:
     """Where this node keeps its NumPy copies of prepared data: $DOTSIM_NODE_CACHE, else
-    the temp folder (node-local disk, never shared storage)."""
+    this user's folder in the temp folder (node-local disk, never shared storage)."""
     return Path(os.environ.get("DOTSIM_NODE_CACHE")
-                or Path(tempfile.gettempdir()) / "dotsim-arrays")
+                or Path(tempfile.gettempdir()) / f"dotsim-arrays-{os.getuid()}")
+
+
+def _own_cache() -> Path:
+    """The node cache, made readable by this user only; refused when someone else owns it
+    (arrays placed there by another user would be trained on)."""
+    folder = node_cache()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise InputError(f"{folder}, the node's cache of prepared data, belongs to another "
+                         "user; set DOTSIM_NODE_CACHE to a folder of yours")
+    return folder
 
 
 def node_copy(location: str | os.PathLike) -> Path:
     """This node's copy of the prepared data as NumPy arrays, made on first use: the
     first process converts the shards while the others wait on a lock, and the copy is
-    renamed into place complete, so a half-made copy is never read."""
+    renamed into place complete, so a half-made copy is never read.
+
+    A process holds its copy's lock (shared) until it exits, so a copy in use is never
+    removed. Every ``prepare`` makes new data, and so a new copy: making one removes the
+    copies no process uses beyond the ``$DOTSIM_NODE_CACHE_KEEP`` (default 2) most
+    recently used.
+    """
     location = storage.resolve(location)
     read_meta(location)  # a clear error for a folder that is not prepared data
-    folder = node_cache() / data_fingerprint(location)
-    if (folder / "meta.json").is_file():
+    folder = _own_cache() / data_fingerprint(location)
+    if folder in _IN_USE:
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(folder.with_suffix(".lock")):
+    lock = open(folder.with_suffix(".lock"), "a")  # noqa: SIM115 (held until exit)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    if not (folder / "meta.json").is_file():
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (drops the shared lock first: no deadlock)
         if not (folder / "meta.json").is_file():
-            for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # a killed attempt
-                shutil.rmtree(stale, ignore_errors=True)
-            meta = check_prepared(location)
-            tmp = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
-            try:
-                _write_arrays(location, meta, tmp)
-                os.replace(tmp, folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            _make_copy(location, folder)
+            _remove_unused_copies(besides=folder)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    os.utime(lock.name)  # the copy's last use
+    _IN_USE[folder] = lock
     return folder
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
+def _make_copy(location: str, folder: Path) -> None:
+    for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # a killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
+    meta = check_prepared(location)
+    tmp = folder.with_name(f"{folder.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_arrays(location, meta, tmp)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_unused_copies(besides: Path) -> None:
+    """Remove the copies that no process holds, but the most recently used few."""
+    keep = int(os.environ.get("DOTSIM_NODE_CACHE_KEEP", NODE_CACHE_KEEP))
+    locks = [p for p in besides.parent.glob("*.lock") if p.with_suffix("") != besides]
+    for lock_path in sorted(locks, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        copy = lock_path.with_suffix("")
+        with open(lock_path, "a") as handle:  # (lock files stay: a few bytes each)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use, or being made
+            if copy.is_dir() and keep > 0:
+                keep -= 1
+                continue
+            for path in [copy, *copy.parent.glob(f"{copy.name}.partial-*")]:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_arrays(location: str, meta: dict, out: Path) -> None:
