@@ -136,7 +136,7 @@ def version():
     Example:
       dotsim version
     """
-    from orchestrator.launch import code_version, package_versions
+    from orchestrator.versions import code_version, package_versions
 
     for name, value in package_versions().items():
         click.echo(f"{name} {value}")

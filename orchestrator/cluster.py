@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tomllib
 import urllib.parse
 from pathlib import Path
 
@@ -132,12 +133,28 @@ def check_launcher(config: dict, config_path: Path) -> None:
                          f"machine lacks {' and '.join(missing)}: install it (Debian/Ubuntu: "
                          "apt-get install openssh-client rsync)")
     for remote, local in config.get("file_mounts", {}).items():
+        if remote == SOURCE_MOUNT and not is_dotsim_checkout(Path(local)):
+            raise InputError(f"{config_path}: file_mounts syncs {Path(local).resolve()} to "
+                             f"{remote} on every node, and it is not the dotsim checkout: "
+                             "run `dotsim cluster up` from the checkout")
         if not Path(local).expanduser().exists():  # relative to the working dir, as in Ray
             fix = ("create it with `ray get-auth-token --generate`"
                    if Path(local).name == "auth_token" else "create it or change the entry")
             raise InputError(f"{config_path}: file_mounts copies {local} to {remote} on every "
                              f"node, and {local} does not exist: {fix}")
     check_aws_reachable(config["provider"]["region"])
+
+
+SOURCE_MOUNT = "/home/ray/dotsim"  # where cluster.yaml puts the source on every node
+
+
+def is_dotsim_checkout(folder: Path) -> bool:
+    """Whether ``folder`` holds dotsim's source (its pyproject.toml names the project)."""
+    try:
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return False
+    return project.get("name") == "dotsim"
 
 
 def check_aws_reachable(region: str, timeout_s: float = 5.0) -> None:

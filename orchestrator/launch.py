@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 import ray
@@ -31,6 +27,7 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.auth import ray_auth_token
+from orchestrator.versions import code_version, package_versions
 from workers import storage
 from workers.config import RunConfig
 from workers.data import data_fingerprint
@@ -38,7 +35,6 @@ from workers.errors import InputError
 from workers.metrics import HISTORY_FILE, is_finished
 from workers.train import train_loop_per_worker
 
-PACKAGES = ("dotsim", "torch", "torchaudio", "ray", "pyarrow", "numpy", "click", "soundfile")
 RECORD_FILE = "dotsim_run.json"
 
 
@@ -93,6 +89,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on an address nobody answers at (ray.init would retry for minutes)."""
     if address in ("auto", "local"):
         return
+    if address.startswith("ray://"):
+        raise InputError(f"{address}: Ray Client (ray://) is not supported, as Ray's docs "
+                         "advise for Train and Tune; send the command as a job instead: "
+                         "dotsim submit --address http://HEAD:8265 -- train ...")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
@@ -366,28 +366,3 @@ def progress_line(run_name: str, epochs: int, m: dict) -> str:
                  f"{m['probe_word_from_formant']:.3f} speaker<-residual "
                  f"{m['probe_speaker_from_residual']:.3f}")
     return line
-
-
-# --- versions ------------------------------------------------------------------------
-
-
-def code_version() -> str:
-    """The git commit of the dotsim source (with -dirty), or the package version."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
-                                cwd=here, capture_output=True, text=True, timeout=5, check=True)
-        return commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "dotsim " + importlib.metadata.version("dotsim")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    versions["python"] = sys.version.split()[0]
-    return versions

@@ -10,11 +10,12 @@ import time
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from orchestrator.auth import ray_auth_token
+from orchestrator.versions import CODE_VERSION_ENV, code_version
 from workers.errors import InputError
 
 # Not uploaded with the working directory: environments, caches, data, results.
-EXCLUDES = [".venv", ".git", "__pycache__", "*.parquet", ".pytest_cache", ".ruff_cache",
-            ".hypothesis", "data", "results"]
+EXCLUDES = [".venv", ".git", "__pycache__", "*.parquet", "*.egg-info", ".pytest_cache",
+            ".ruff_cache", ".hypothesis", "data", "results"]
 
 
 def auth_headers() -> dict[str, str]:
@@ -41,7 +42,11 @@ def submit(address: str | None, args: list[str], *,
         raise InputError("nothing to submit: add the dotsim command after --, e.g. "
                          "dotsim submit -- train --epochs 3")
     jobs = client(address)
-    runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES} if working_dir else None
+    runtime_env = None
+    if working_dir:
+        # .git stays here: the job's run records get the commit of the source sent
+        runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES,
+                       "env_vars": {CODE_VERSION_ENV: code_version()}}
     return jobs, _submit_when_ready(jobs, entrypoint="dotsim " + shlex.join(args),
                                     runtime_env=runtime_env)
 

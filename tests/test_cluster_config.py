@@ -203,7 +203,7 @@ def test_single_file_mounts_are_not_filtered_out(tmp_path, rsync_options):
 
 
 def test_cluster_sync_and_job_upload_leave_out_the_same_things():
-    assert set(jobs.EXCLUDES) <= set(config()["rsync_exclude"])
+    assert set(jobs.EXCLUDES) == set(config()["rsync_exclude"])
 
 
 # --- token auth, dashboard, head resource -------------------------------------------------
@@ -351,6 +351,20 @@ def test_up_without_a_ray_token_says_how_to_make_one(tmp_path, fake_aws_keys):
     assert result.exit_code == 2, result.output
     line = one_line(result)
     assert "~/.ray/auth_token" in line and "ray get-auth-token --generate" in line
+    call.assert_not_called()
+
+
+def test_up_from_another_folder_is_refused(tmp_path, fake_aws_keys, monkeypatch):
+    """cluster.yaml syncs "." to every node: from anywhere but the checkout, that would
+    be the wrong folder."""
+    (fake_aws_keys / ".ray").mkdir()
+    (fake_aws_keys / ".ray" / "auth_token").write_text("t" * 32)
+    path = filled_in(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result, call = up(path)
+    assert result.exit_code == 2, result.output
+    assert "is not the dotsim checkout" in one_line(result)
     call.assert_not_called()
 
 

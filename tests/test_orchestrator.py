@@ -21,6 +21,7 @@ from orchestrator.variants import (
     parse_variant,
     trial_configs,
 )
+from orchestrator.versions import code_version
 from workers.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,8 +286,24 @@ def test_submit_sends_the_cli_as_a_job(fake_client):
                                     headers={"Authorization": "Bearer secret-token"})
     client.submit_job.assert_called_once_with(
         entrypoint="dotsim train --epochs 3 --run-name 'a b'",
-        runtime_env={"working_dir": ".", "excludes": jobs.EXCLUDES})
+        runtime_env={"working_dir": ".", "excludes": jobs.EXCLUDES,
+                     "env_vars": {"DOTSIM_CODE_VERSION": code_version()}})
     assert "epoch 1" in result.stdout and "SUCCEEDED" in result.output
+
+
+def test_a_submitted_job_records_the_commit_it_was_sent_from(monkeypatch):
+    """The upload leaves .git out, so the commit travels in the job's environment."""
+    here = code_version()
+    assert here and not here.startswith("dotsim ")  # this checkout is a git repository
+    monkeypatch.setenv("DOTSIM_CODE_VERSION", "0123abcd-dirty")
+    assert code_version() == "0123abcd-dirty"
+
+
+def test_ray_client_addresses_are_refused_with_the_way_on():
+    result = CliRunner().invoke(cli, ["train", "--address", "ray://127.0.0.1:10001"])
+    assert result.exit_code == 2
+    assert "Ray Client (ray://) is not supported" in result.output
+    assert "dotsim submit" in result.output
 
 
 def test_submit_prints_the_job_id_before_following_it(fake_client):
