@@ -24,6 +24,7 @@ from orchestrator import variants as sweep_variants
 from workers import storage
 from workers.config import RunConfig, field_docs
 from workers.errors import InputError
+from workers.metrics import FSKIL_HEADLINE, LOGMEL_HEADLINE
 
 
 class UserError(click.ClickException):
@@ -237,6 +238,9 @@ def train(address, dashboard, as_json, **options):
         click.echo(f"{summary['variant']}: test_acc {m['test_acc']:.4f} (best epoch "
                    f"{m['best_epoch']}), val_acc {m['val_acc']:.4f}; run folder "
                    f"{summary['path']}")
+        if FSKIL_HEADLINE[0] in m:
+            click.echo("FSKIL " + _headline(m, FSKIL_HEADLINE) + "; log-mel baseline "
+                       + _headline(m, LOGMEL_HEADLINE))
 
 
 @cli.command()
@@ -532,6 +536,13 @@ def _refuse_options_besides_resume() -> None:
     if given:
         raise InputError(f"--resume continues a sweep with the options it was started with; "
                          f"drop {', '.join(given)} (start a new sweep to change them)")
+
+
+def _headline(metrics: dict, names: tuple[str, ...]) -> str:
+    """e.g. "mean_acc 0.862 last_acc 0.780 last_harmonic 0.721" (None: "-")."""
+    return " ".join(f"{name.split('_', 1)[1]} "
+                    + ("-" if metrics[name] is None else f"{metrics[name]:.3f}")
+                    for name in names)
 
 
 def _say_failures(trials) -> None:

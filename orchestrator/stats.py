@@ -202,7 +202,7 @@ def power_sentence(n: int, sd: float, difference: float | None = None, *,
     """One plain sentence on what n seeds can tell, and what a difference of interest needs.
 
     E.g. "3 seeds detect a difference of 0.052 or more (80% power at the observed
-    spread); a 0.01 difference would need about 9".
+    spread); a 0.01 difference would need about 22".
     """
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if n < 2:

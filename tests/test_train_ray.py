@@ -124,10 +124,10 @@ def test_fskil_run_in_a_lab_s_own_class_order(ray_local, small_prepared, tmp_pat
 
     order = list(reversed(fskil.REFERENCE_ORDER))
     (tmp_path / "order.txt").write_text("# our split\n" + "\n".join(order) + "\n")
-    result = CliRunner().invoke(cli, [
-        "train", "--data", str(small_prepared), "--storage-path", str(tmp_path), *TINY,
-        "--epochs", "1", "--protocol", "fskil", "--class-order", str(tmp_path / "order.txt"),
-        "--shots", "3", "--episodes", "2", "--json"])
+    options = ["train", "--data", str(small_prepared), "--storage-path", str(tmp_path), *TINY,
+               "--epochs", "1", "--protocol", "fskil", "--class-order",
+               str(tmp_path / "order.txt"), "--shots", "3", "--episodes", "2"]
+    result = CliRunner().invoke(cli, [*options, "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["config"]["class_order"] == order
@@ -148,6 +148,13 @@ def test_fskil_run_in_a_lab_s_own_class_order(ray_local, small_prepared, tmp_pat
         assert {word_of[clip] for clip in shots} == set(order[20:35])
     base_acc = doc["metrics"]["test_acc"]  # the base model's accuracy on its 20 words
     assert 0 <= base_acc <= 1 and "logmel_mean_acc" in doc["metrics"]
+    # without --json (the finished run, not trained again): the headline numbers too
+    again = CliRunner().invoke(cli, options)
+    assert again.exit_code == 0, again.output
+    m = doc["metrics"]
+    assert (f"FSKIL mean_acc {m['fskil_mean_acc']:.3f} last_acc {m['fskil_last_acc']:.3f} "
+            f"last_harmonic {m['fskil_last_harmonic']:.3f}; log-mel baseline mean_acc "
+            f"{m['logmel_mean_acc']:.3f}") in again.stdout
 
 
 def test_workers_may_change_on_resume_only_without_local_statistics(small_prepared,

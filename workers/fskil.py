@@ -364,17 +364,22 @@ def _score_session(test_emb: torch.Tensor, test_target: torch.Tensor,
 
 
 def logmel_baseline(train: Split, test: Split, order: Sequence[str], labels: Sequence[str],
-                    protocol: Protocol, *, seed: int) -> FskilResult:
+                    protocol: Protocol, *, seed: int,
+                    standardised_with: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> FskilResult:
     """The protocol with no training: a clip's embedding is its log-mel spectrogram
-    (``speech``) averaged over frames, standardised per mel bin with the base training
-    clips' statistics (centring matters for cosine; novel words are never looked at).
-    The standardisation also undoes any per-bin standardisation the caller applied, so
-    raw and FeatureNorm-ed splits give the same numbers."""
-    rows, _ = base_rows(train.labels, class_ids(order[:protocol.words], labels), protocol)
-    base_means = train.take(rows, ("speech",))[0].mean(1)  # (N_base, n_mels)
-    centre, scale = base_means.mean(0), base_means.std(0).clamp_min(1e-5)
+    (``speech``) averaged over frames, as prepared, and prototypes and classification as
+    for the encoder. ``standardised_with``: the per-bin (mean, std) with which the caller
+    standardised the splits' speech features (training does), undone here, so the
+    baseline sees the features as prepared. (Standardising the averages with base
+    statistics, tried first, halves this baseline on the synthetic corpus: 0.08 against
+    0.16 mean accuracy.)"""
 
     def embed_fn(split: Split, rows: torch.Tensor) -> torch.Tensor:
-        return (split.take(rows, ("speech",))[0].mean(1) - centre) / scale
+        averaged = split.take(rows, ("speech",))[0].mean(1)  # (N, n_mels)
+        if standardised_with is None:
+            return averaged
+        mean, std = (t.to(averaged.device) for t in standardised_with)
+        return averaged * std + mean  # the frames' affine standardisation, undone
 
     return run_protocol(embed_fn, train, test, order, labels, protocol, seed=seed)

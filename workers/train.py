@@ -112,7 +112,8 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None) -> None:
         state = _track_best(state, model, metrics)
         detail = {}
         if epoch + 1 == cfg.epochs:
-            final, detail = final_evaluation(model, state, splits, trained, words, ctx)
+            final, detail = final_evaluation(model, state, splits, trained, words, ctx,
+                                             normalise)
             metrics.update(final)
         state.epoch = epoch + 1
         state.history.append({**metrics, **detail})  # the detail is for the history only
@@ -416,8 +417,8 @@ def _track_best(state: TrainState, model, metrics: dict) -> TrainState:
 
 
 def final_evaluation(model, state: TrainState, splits: dict[str, Split],
-                     trained: dict[str, Split], words: Words,
-                     ctx: RankContext) -> tuple[dict[str, float], dict]:
+                     trained: dict[str, Split], words: Words, ctx: RankContext,
+                     normalise: FeatureNorm) -> tuple[dict[str, float], dict]:
     """With the best-validation weights: the test accuracy on the trained words, the two
     linear probes on the whole test split, and under FSKIL the protocol's sessions.
     Returns (metrics, detail for the history)."""
@@ -428,20 +429,23 @@ def final_evaluation(model, state: TrainState, splits: dict[str, Split],
                "best_epoch": state.best_epoch, **probe_accuracies(model, splits["test"])}
     detail = {}
     if words.order:
-        sessions, detail = fskil_evaluation(model, splits, words)
+        sessions, detail = fskil_evaluation(model, splits, words, normalise)
         metrics.update(sessions)
     model.load_state_dict(current)
     return metrics, detail
 
 
-def fskil_evaluation(model, splits: dict[str, Split], words: Words) -> tuple[dict, dict]:
-    """The FSKIL sessions with the frozen encoder, and the plain log-mel baseline under the
-    same order, shots and test. Every rank computes the same numbers (deterministic)."""
+def fskil_evaluation(model, splits: dict[str, Split], words: Words,
+                     normalise: FeatureNorm) -> tuple[dict, dict]:
+    """The FSKIL sessions with the frozen encoder, and the plain log-mel baseline (on the
+    features as prepared) under the same order, shots and test. Every rank computes the
+    same numbers (deterministic)."""
     cfg = words.cfg
     args = (splits["train"], splits["test"], words.order, words.labels, cfg.fskil)
     result = fskil.run_protocol(lambda split, rows: embed_speech(model, split, rows), *args,
                                 seed=cfg.seed)
-    baseline = fskil.logmel_baseline(*args, seed=cfg.seed)
+    baseline = fskil.logmel_baseline(*args, seed=cfg.seed,
+                                     standardised_with=normalise.stats["speech"])
     metrics = {
         **{name: result.headline[name.removeprefix("fskil_")] for name in FSKIL_HEADLINE},
         **{name: baseline.headline[name.removeprefix("logmel_")] for name in LOGMEL_HEADLINE},
