@@ -282,6 +282,10 @@ def test_logmel_baseline_beats_chance_on_the_small_corpus(small_prepared):
     by_hand = fskil.run_protocol(lambda split, rows: split.take(rows, ("speech",))[0].mean(1),
                                  train, test, order, data.labels, protocol, seed=0)
     assert result.headline == by_hand.headline  # prototypes of raw time-averaged log-mels
+    with pytest.MonkeyPatch.context() as patch:  # read a few clips at a time: the same
+        patch.setattr(fskil, "BASELINE_CHUNK", 7)
+        chunked = fskil.logmel_baseline(train, test, order, data.labels, protocol, seed=0)
+    assert chunked.headline == pytest.approx(result.headline, abs=1e-6)
 
 
 def test_base_training_reads_no_novel_clip(small_prepared):

@@ -363,6 +363,9 @@ def _score_session(test_emb: torch.Tensor, test_target: torch.Tensor,
 # --- the plain baseline --------------------------------------------------------------
 
 
+BASELINE_CHUNK = 4096  # clips a time (about 65 MB of log-mels), not a split at once
+
+
 def logmel_baseline(train: Split, test: Split, order: Sequence[str], labels: Sequence[str],
                     protocol: Protocol, *, seed: int,
                     standardised_with: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -376,7 +379,9 @@ def logmel_baseline(train: Split, test: Split, order: Sequence[str], labels: Seq
     0.16 mean accuracy.)"""
 
     def embed_fn(split: Split, rows: torch.Tensor) -> torch.Tensor:
-        averaged = split.take(rows, ("speech",))[0].mean(1)  # (N, n_mels)
+        averaged = torch.cat([split.take(rows[i:i + BASELINE_CHUNK], ("speech",))[0].mean(1)
+                              for i in range(0, len(rows), BASELINE_CHUNK)]
+                             or [torch.zeros(0, split.features["speech"].shape[-1])])
         if standardised_with is None:
             return averaged
         mean, std = (t.to(averaged.device) for t in standardised_with)
