@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.launch import run_history
+from orchestrator.launch import RECORD_FILE, run_history
 
 pytestmark = pytest.mark.ray
 
@@ -54,6 +54,10 @@ def test_tiny_fskil_sweep_end_to_end(ray_local, small_prepared, tmp_path):
     assert table["cosine"][0]["unseen"]["mean"] is None  # no new word yet in session 0
     assert (sweep / "comparison.png").stat().st_size > 10_000
     assert (sweep / "sessions.png").stat().st_size > 10_000
+    for run in ("cosine-seed0", "dot-meanstd-global-seed0"):  # launched the one way
+        record = json.loads((sweep / "runs" / run / RECORD_FILE).read_text())
+        assert record["config"]["run_name"] == run and record["config"]["protocol"] == "fskil"
+        assert record["launches"][0]["code_version"] and record["data_fingerprint"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
