@@ -238,12 +238,17 @@ def build_report(sweep_dir: str, baseline: str | None = None) -> dict:
 # --- output --------------------------------------------------------------------------
 
 
-def _fmt(stat: dict, digits: int = 3) -> str:
+def _fmt(stat: dict, digits: int = 3, *, bootstrap: bool = False) -> str:
+    """``mean ± t half-width``, and with ``bootstrap`` the bootstrap interval after it."""
     if stat["mean"] is None:
         return "-"
     if stat["ci95"] is None:
         return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+    text = f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+    if bootstrap and stat.get("bootstrap95") is not None:
+        low, high = stat["bootstrap95"]
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
 
 
 def _fmt_range(pair, digits: int = 3) -> str:
@@ -255,16 +260,18 @@ def _fmt_p(p) -> str:
 
 
 def to_markdown(report: dict) -> str:
+    compared = set(report.get("metrics", ()))
     lines = [f"# dotsim report: {report['sweep']}", "",
-             "Mean ± 95% t half-width over each variant's finished seeds.", ""]
+             "Mean ± 95% t half-width over each variant's finished seeds; for the metrics "
+             "compared, the 95% bootstrap interval of the mean in brackets.", ""]
     trained = [v for v in report["variants"] if v["variant"] != LOGMEL_BASELINE]
-    lines += _table(trained, SUMMARY_METRICS)
+    lines += _table(trained, SUMMARY_METRICS, compared)
     if report.get("protocol") == "fskil":
         lines += ["", "## FSKIL headline numbers", "",
-                  "Mean ± 95% t half-width over seeds; the log-mel baseline is the same "
-                  "protocol with no training (prototypes of time-averaged log-mel "
-                  "spectrograms).", ""]
-        lines += _table(report["variants"], FSKIL_METRICS)
+                  "Mean ± 95% t half-width over seeds [95% bootstrap interval]; the log-mel "
+                  "baseline is the same protocol with no training (prototypes of "
+                  "time-averaged log-mel spectrograms as prepared).", ""]
+        lines += _table(report["variants"], FSKIL_METRICS, compared)
     lines += _left_out_lines(report["left_out"])
     lines += _paired_lines(report["baseline"], report["paired"])
     if report.get("sessions"):
@@ -281,12 +288,14 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(variants: list[dict], metrics: dict[str, str]) -> list[str]:
+def _table(variants: list[dict], metrics: dict[str, str],
+           compared: set[str] = frozenset()) -> list[str]:
     head = ["variant", "grid", "seeds", *metrics.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for v in variants:
         cells = [v["variant"], _grid(v["grid"]), str(len(v["seeds"]))]
-        cells += [_fmt(v[m], 2 if m == "minutes" else 3) for m in metrics]
+        cells += [_fmt(v[m], 2 if m == "minutes" else 3, bootstrap=m in compared)
+                  for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
