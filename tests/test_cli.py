@@ -74,6 +74,21 @@ def test_user_errors_exit_2_with_one_line(args, message, capsys):
     assert "Traceback" not in err
 
 
+def test_the_resume_command_repeats_the_options_given_on_the_command_line(monkeypatch):
+    """What `dotsim train` prints on Ctrl-C: the options typed (--address among them), not
+    those from the environment (the next shell has them too), and the run's name."""
+    from orchestrator.cli import _resume_command
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    train = cli.commands["train"]
+    typed = train.make_context("train", ["--address", "10.0.0.5:6379", "--lr", "0.01",
+                                         "--json", "--run-name", "old"])
+    assert _resume_command(typed, "r1") == (
+        "dotsim train --lr 0.01 --address 10.0.0.5:6379 --json --run-name r1")
+    from_env = train.make_context("train", ["--epochs", "3"])
+    assert _resume_command(from_env, "r2") == "dotsim train --epochs 3 --run-name r2"
+
+
 def test_console_script_user_error_has_no_traceback():
     proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
                            "train", "--norm", "bad"], capture_output=True, text=True)

@@ -21,6 +21,7 @@ reads only ``meta.json`` from shared storage again.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -260,6 +261,13 @@ def data_fingerprint(location: str | os.PathLike) -> str:
 
 NODE_CACHE_KEEP = 2  # unused copies a node keeps besides those in use ($DOTSIM_NODE_CACHE_KEEP)
 _IN_USE: dict[Path, object] = {}  # copies this process has mapped -> their locks, held shared
+
+
+@atexit.register
+def _release_copies() -> None:
+    """Close the held locks at exit (the kernel would too; this keeps Python quiet)."""
+    for lock in _IN_USE.values():
+        lock.close()
 
 
 def node_cache() -> Path:
