@@ -3,9 +3,11 @@ folder path, and the checks that refuse broken folders."""
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +281,48 @@ def test_a_node_keeps_the_copies_in_use_and_the_newest_unused_ones(small_prepare
     holder.communicate("", timeout=60)
     use("E")
     assert copies() == ["D", "E"]
+
+
+def test_processes_that_arrive_together_all_get_the_copy(small_prepared, tmp_path):
+    """Three processes ask for a copy that is not made yet, at the same moment, while
+    another process (this one) holds the copy's use lock: one makes the copy, all map it,
+    none waits forever. (With one lock for making and using, a maker that had to wait
+    could never get it: the first one kept it shared for its life, as users do.)"""
+    import fcntl
+
+    env = {**os.environ, "DOTSIM_NODE_CACHE": str(tmp_path / "node")}
+    (tmp_path / "node").mkdir(mode=0o700)
+    holder = open(tmp_path / "node" / f"{data_fingerprint(small_prepared)}.lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    go = tmp_path / "go"
+    code = ("import pathlib, sys, time; from workers.data import load_prepared\n"
+            "pathlib.Path(sys.argv[2]).touch()\n"
+            "while not pathlib.Path(sys.argv[3]).exists(): time.sleep(0.01)\n"
+            "load_prepared(sys.argv[1]); print('mapped', flush=True); sys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(small_prepared),
+                               str(tmp_path / f"ready{i}"), str(go)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(3)]
+    try:
+        deadline = time.time() + 120
+        while not all((tmp_path / f"ready{i}").exists() for i in range(3)):
+            assert time.time() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.05)
+        go.touch()
+        time.sleep(2)  # all three reach the locks
+        holder.close()
+        for proc in procs:  # all must have mapped while every one still holds its copy
+            ready, _, _ = select.select([proc.stdout], [], [], max(0, deadline - time.time()))
+            assert ready, "a process never got the copy: the node cache's locks deadlocked"
+            assert proc.stdout.readline().strip() == "mapped"
+        for proc in procs:
+            proc.communicate("", timeout=60)
+            assert proc.returncode == 0
+    finally:
+        holder.close()
+        for proc in procs:
+            proc.kill()
+    assert len([p for p in (tmp_path / "node").iterdir() if p.is_dir()]) == 1
 
 
 def test_a_node_cache_of_another_user_is_refused(small_prepared, tmp_path, monkeypatch):

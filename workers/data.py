@@ -22,6 +22,7 @@ reads only ``meta.json`` from shared storage again.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -290,12 +291,13 @@ def _own_cache() -> Path:
 
 def node_copy(location: str | os.PathLike) -> Path:
     """This node's copy of the prepared data as NumPy arrays, made on first use: the
-    first process converts the shards while the others wait on a lock, and the copy is
+    first process converts the shards while the others wait on its lock, and the copy is
     renamed into place complete, so a half-made copy is never read.
 
-    A process holds its copy's lock (shared) until it exits, so a copy in use is never
-    removed. Every ``prepare`` makes new data, and so a new copy: making one removes the
-    copies no process uses beyond the ``$DOTSIM_NODE_CACHE_KEEP`` (default 2) most
+    Two locks per copy: ``.make``, held exclusively while the copy is made, and ``.lock``,
+    held shared by every process that uses the copy until it exits, so a copy in use is
+    never removed. Every ``prepare`` makes new data, and so a new copy: making one removes
+    the copies no process uses beyond the ``$DOTSIM_NODE_CACHE_KEEP`` (default 2) most
     recently used.
     """
     location = storage.resolve(location)
@@ -303,17 +305,29 @@ def node_copy(location: str | os.PathLike) -> Path:
     folder = _own_cache() / data_fingerprint(location)
     if folder in _IN_USE:
         return folder
-    lock = open(folder.with_suffix(".lock"), "a")  # noqa: SIM115 (held until exit)
-    fcntl.flock(lock, fcntl.LOCK_SH)
-    if not (folder / "meta.json").is_file():
-        fcntl.flock(lock, fcntl.LOCK_EX)  # (drops the shared lock first: no deadlock)
+    while True:
         if not (folder / "meta.json").is_file():
-            _make_copy(location, folder)
-            _remove_unused_copies(besides=folder)
-        fcntl.flock(lock, fcntl.LOCK_SH)
-    os.utime(lock.name)  # the copy's last use
-    _IN_USE[folder] = lock
+            with _locked(folder.with_suffix(".make")):
+                if not (folder / "meta.json").is_file():
+                    _make_copy(location, folder)
+                    _remove_unused_copies(besides=folder)
+        use = open(folder.with_suffix(".lock"), "a")  # noqa: SIM115 (held until exit)
+        fcntl.flock(use, fcntl.LOCK_SH)
+        if (folder / "meta.json").is_file():  # not removed since it was seen
+            break
+        use.close()
+    os.utime(use.name)  # the copy's last use
+    _IN_USE[folder] = use
     return folder
+
+
+@contextlib.contextmanager
+def _locked(path: Path, flags: int = fcntl.LOCK_EX):
+    """``flags`` (an flock operation) on ``path`` for the block; the lock goes with the
+    file when the block ends, an exception included."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, flags)
+        yield
 
 
 def _make_copy(location: str, folder: Path) -> None:
@@ -329,21 +343,22 @@ def _make_copy(location: str, folder: Path) -> None:
 
 
 def _remove_unused_copies(besides: Path) -> None:
-    """Remove the copies that no process holds, but the most recently used few."""
+    """Remove the copies that no process uses or makes, but the most recently used few.
+    Never waits: a lock another process holds means the copy is busy."""
     keep = int(os.environ.get("DOTSIM_NODE_CACHE_KEEP", NODE_CACHE_KEEP))
     locks = [p for p in besides.parent.glob("*.lock") if p.with_suffix("") != besides]
     for lock_path in sorted(locks, key=lambda p: p.stat().st_mtime_ns, reverse=True):
         copy = lock_path.with_suffix("")
-        with open(lock_path, "a") as handle:  # (lock files stay: a few bytes each)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # in use, or being made
-            if copy.is_dir() and keep > 0:
-                keep -= 1
-                continue
-            for path in [copy, *copy.parent.glob(f"{copy.name}.partial-*")]:
-                shutil.rmtree(path, ignore_errors=True)
+        try:
+            with (_locked(copy.with_suffix(".make"), fcntl.LOCK_EX | fcntl.LOCK_NB),
+                  _locked(lock_path, fcntl.LOCK_EX | fcntl.LOCK_NB)):
+                if copy.is_dir() and keep > 0:
+                    keep -= 1
+                    continue
+                for path in [copy, *copy.parent.glob(f"{copy.name}.partial-*")]:
+                    shutil.rmtree(path, ignore_errors=True)
+        except BlockingIOError:
+            continue  # in use, or being made (lock files stay: a few bytes each)
 
 
 def _write_arrays(location: str, meta: dict, out: Path) -> None:
