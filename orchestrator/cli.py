@@ -483,18 +483,21 @@ def _default_storage() -> str:
     return default_storage()
 
 
+def _typed(ctx: click.Context) -> list[click.Parameter]:
+    """The command's parameters the user typed (not defaults, not the environment)."""
+    return [param for param in ctx.command.params
+            if ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
+
+
 def _resume_command(ctx: click.Context, run_name: str) -> str:
     """``dotsim train`` with the options the user gave on the command line (not those
     from the environment, which the next shell has too) and the run's name."""
     import shlex
 
-    from click.core import ParameterSource
-
     words = ["dotsim", ctx.info_name]
-    for param in ctx.command.params:
+    for param in _typed(ctx):
         value = ctx.params.get(param.name)
-        if (param.name == "run_name" or value is None
-                or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE):
+        if param.name == "run_name" or value is None:
             continue
         if param.is_flag:
             flags = param.opts if value else param.secondary_opts
@@ -529,10 +532,8 @@ RESUME_OPTIONS = ("resume_dir", "address", "dashboard", "as_json")
 def _refuse_options_besides_resume() -> None:
     """``sweep --resume`` continues a sweep as it was defined (its sweep.json and Tune's
     state): an option that would change it must not be silently ignored."""
-    ctx = click.get_current_context()
-    given = [param.opts[0] for param in ctx.command.params
-             if param.name not in RESUME_OPTIONS
-             and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
+    given = [param.opts[0] for param in _typed(click.get_current_context())
+             if param.name not in RESUME_OPTIONS]
     if given:
         raise InputError(f"--resume continues a sweep with the options it was started with; "
                          f"drop {', '.join(given)} (start a new sweep to change them)")
