@@ -93,14 +93,15 @@ def run(data: Path, workers: int, storage: Path, batch_size: int) -> dict:
     from workers.config import RunConfig
 
     # the step wrapper lives in __main__, so Ray sends it by value to the workers
-    marker = str(storage / f"first-step-{workers}")
+    marker = storage / f"first-step-{workers}"
+    marker.unlink(missing_ok=True)  # a marker left by an earlier run of the bench
     cfg = RunConfig(data=str(data), storage_path=str(storage),
                     run_name=f"w{workers}-{time.strftime('%H%M%S')}",  # a new run each time
                     preset="tiny", epochs=1, batch_size=batch_size, workers=workers,
                     clips_per_class=batch_size // 32,  # 32 words of the 35 per batch
                     cpus_per_worker=round(1.9 / workers, 2) if workers > 1 else 1.0)
     loop = functools.partial(train_loop_per_worker,
-                             step=functools.partial(_first_step, marker))
+                             step=functools.partial(_first_step, str(marker)))
     sampler = PssSampler()
     sampler.start()
     start = time.time()
@@ -110,7 +111,7 @@ def run(data: Path, workers: int, storage: Path, batch_size: int) -> dict:
     epoch = summary["history"][0]
     return {"workers": workers, "pss_gib": sampler.peak / 2**30,
             "pss_per_worker_gib": [s / 2**30 for s in sampler.per_worker],
-            "first_step_s": float(Path(marker).read_text()) - start,
+            "first_step_s": float(marker.read_text()) - start,
             "samples_per_s": epoch["samples_per_second"], "run_s": time.time() - start}
 
 

@@ -193,6 +193,33 @@ def test_node_copy_gives_todays_batches_and_losses(small_prepared):
     assert wt.evaluate(models[0], val, ctx) == wt.evaluate(models[1], old_val, ctx)
 
 
+def test_evaluation_takes_no_more_clips_at_once_than_a_training_step(small_prepared):
+    """Evaluation forwards the rank's share of a training batch at a time, so it never
+    needs more memory than a step (a fixed 256 grew each of 4 workers' heaps by about
+    0.15 GiB past its training peak); the numbers do not depend on the chunk."""
+    import workers.train as wt
+    from workers.config import RunConfig
+
+    cfg = RunConfig(data=str(small_prepared), preset="tiny", batch_size=32,
+                    clips_per_class=2, workers=4)
+    ctx = wt.RankContext.for_run(cfg, 0, 4, torch.device("cpu"))
+    assert ctx.eval_batch == 8
+    data = load_prepared(small_prepared)
+    norm = wt.FeatureNorm.fit(data.splits["train"])
+    test = norm(data.splits["test"], ctx.device)
+    model = wt.build_model(cfg, data.meta, classes=len(data.labels))
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    chunked = (wt.evaluate(model, test, ctx), wt.probe_accuracies(model, test, ctx.eval_batch),
+               wt.embed_speech(model, test, torch.arange(len(test)), ctx.eval_batch))
+    assert seen and max(seen) <= 3 * ctx.eval_batch  # speech, formant, residual stacked
+    whole = wt.RankContext(0, 4, ctx.device, eval_batch=len(test))
+    assert chunked[0] == pytest.approx(wt.evaluate(model, test, whole))
+    assert chunked[1] == pytest.approx(wt.probe_accuracies(model, test, len(test)))
+    torch.testing.assert_close(chunked[2], wt.embed_speech(model, test, torch.arange(len(test)),
+                                                           len(test)))
+
+
 def _mapped_pss(folder: str, barrier, out) -> None:
     """In a separate process: map the node copy, read every page, wait for the other
     process to do the same, then report this process's share (PSS) of the mapped files."""
@@ -230,6 +257,49 @@ def test_the_node_copy_is_held_once_by_all_its_processes(small_prepared, tmp_pat
     for p in procs:
         p.join(timeout=60)
     assert all(0.4 * size < share < 0.6 * size for share in shares), (shares, size)
+
+
+def _copy_growth(small: str, big: str, out) -> None:
+    """In a fresh process: make the node copy of ``small`` (which pays the one-off costs:
+    imports, Arrow's thread pools), then of ``big``; report the anonymous memory that
+    making the second copy left behind."""
+    def anonymous() -> int:
+        text = Path("/proc/self/smaps_rollup").read_text()
+        return int(text.split("Anonymous:")[1].split()[0]) * 1024
+
+    node_copy(small)
+    before = anonymous()
+    node_copy(big)
+    out.put(anonymous() - before)
+
+
+def _random_prepared(out: Path, clips: int) -> Path:
+    rng = np.random.default_rng(0)
+    writer = PreparedWriter(out, frames=101, n_mels=40, overwrite=True)
+    for split, n in (("train", clips), ("validation", 8), ("test", 8)):
+        writer.write(split, {name: rng.standard_normal((n, 101, 40), dtype=np.float32)
+                             for name in FEATURES},
+                     labels=np.arange(n) % 5, speakers=[f"s{i % 4}" for i in range(n)],
+                     clips=[f"{split}/{i}" for i in range(n)])
+    return Path(writer.commit({"labels": [f"w{i}" for i in range(5)], "sample_rate": 16000}))
+
+
+def test_making_the_node_copy_leaves_no_memory_behind(tmp_path, monkeypatch):
+    """The worker that makes its node's copy trains afterwards: the memory that reading
+    the shards took goes back (Arrow's allocator kept about 1.5x the data without it)."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("DOTSIM_NODE_CACHE", str(tmp_path / "node"))
+    small = _random_prepared(tmp_path / "small", clips=100)
+    big = _random_prepared(tmp_path / "big", clips=3000)  # 140 MB of features
+    size = sum(p.stat().st_size for p in big.glob("*.parquet"))
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_copy_growth, args=(str(small), str(big), out))
+    proc.start()
+    growth = out.get(timeout=120)
+    proc.join(timeout=60)
+    assert growth < 0.1 * size, (growth, size)
 
 
 def test_the_node_copy_is_made_once(small_prepared, tmp_path, monkeypatch):

@@ -42,7 +42,6 @@ from workers.probes import linear_probe_accuracy
 from workers.sampler import LocalBatch, check_classes, epoch_batches
 
 CHECKPOINT_FILE = "state.pt"
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -50,6 +49,15 @@ class RankContext:
     rank: int
     world_size: int
     device: torch.device
+    # Clips per evaluation forward. The loop sets the rank's share of a training batch:
+    # evaluation then never needs more memory than a step did (at 4 workers a larger
+    # chunk grew every worker's heap past its training peak).
+    eval_batch: int = 256
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, rank: int, world_size: int,
+                device: torch.device) -> RankContext:
+        return cls(rank, world_size, device, eval_batch=max(1, cfg.batch_size // world_size))
 
     @property
     def distributed(self) -> bool:
@@ -127,8 +135,8 @@ def _rank_context(cfg: RunConfig) -> RankContext:
     train_ctx = ray.train.get_context()
     threads = cfg.threads_per_worker or max(1, math.floor(cfg.cpus_per_worker))
     torch.set_num_threads(threads)
-    return RankContext(train_ctx.get_world_rank(), train_ctx.get_world_size(),
-                       ray.train.torch.get_device())
+    return RankContext.for_run(cfg, train_ctx.get_world_rank(), train_ctx.get_world_size(),
+                               ray.train.torch.get_device())
 
 
 class FeatureNorm:
@@ -377,10 +385,11 @@ def _peak_rss_mb(ctx: RankContext) -> float:
 
 
 @torch.no_grad()
-def embed(model, split: Split, rows: torch.Tensor):
-    """(emb, emb_formant, emb_residual, logits) of the given rows, in eval mode."""
+def embed(model, split: Split, rows: torch.Tensor, chunk: int):
+    """(emb, emb_formant, emb_residual, logits) of the given rows, ``chunk`` at a time, in
+    eval mode."""
     model.eval()
-    outs = [model(*split.take(rows[i:i + EVAL_BATCH])) for i in range(0, len(rows), EVAL_BATCH)]
+    outs = [model(*split.take(rows[i:i + chunk])) for i in range(0, len(rows), chunk)]
     if not outs:  # an empty shard: a rank with no rows still joins the reduction
         dim, classes = model.classifier.weight.shape[1], model.classifier.weight.shape[0]
         empty = torch.zeros(0, dim, device=rows.device)
@@ -396,7 +405,7 @@ def evaluate(model, split: Split, ctx: RankContext) -> dict[str, float]:
     model is used: DDP's forward is for training steps only.
     """
     rows = torch.arange(ctx.rank, len(split), ctx.world_size, device=ctx.device)
-    emb, emb_formant, emb_residual, logits = embed(model, split, rows)
+    emb, emb_formant, emb_residual, logits = embed(model, split, rows, ctx.eval_batch)
     sums = torch.tensor([
         (logits.argmax(-1) == split.labels[rows]).sum().item(),
         F.cosine_similarity(emb, emb_formant + emb_residual, dim=-1).sum().item(),
@@ -426,23 +435,24 @@ def final_evaluation(model, state: TrainState, splits: dict[str, Split],
     model.load_state_dict(state.best_model)
     test = evaluate(model, trained["test"], ctx)
     metrics = {"test_acc": test["acc"], "test_cos_rec": test["cos_rec"],
-               "best_epoch": state.best_epoch, **probe_accuracies(model, splits["test"])}
+               "best_epoch": state.best_epoch,
+               **probe_accuracies(model, splits["test"], ctx.eval_batch)}
     detail = {}
     if words.order:
-        sessions, detail = fskil_evaluation(model, splits, words, normalise)
+        sessions, detail = fskil_evaluation(model, splits, words, normalise, ctx.eval_batch)
         metrics.update(sessions)
     model.load_state_dict(current)
     return metrics, detail
 
 
-def fskil_evaluation(model, splits: dict[str, Split], words: Words,
-                     normalise: FeatureNorm) -> tuple[dict, dict]:
+def fskil_evaluation(model, splits: dict[str, Split], words: Words, normalise: FeatureNorm,
+                     chunk: int) -> tuple[dict, dict]:
     """The FSKIL sessions with the frozen encoder, and the plain log-mel baseline (on the
     features as prepared) under the same order, shots and test. Every rank computes the
     same numbers (deterministic)."""
     cfg = words.cfg
     args = (splits["train"], splits["test"], words.order, words.labels, cfg.fskil)
-    result = fskil.run_protocol(lambda split, rows: embed_speech(model, split, rows), *args,
+    result = fskil.run_protocol(lambda split, rows: embed_speech(model, split, rows, chunk), *args,
                                 seed=cfg.seed)
     baseline = fskil.logmel_baseline(*args, seed=cfg.seed,
                                      standardised_with=normalise.stats["speech"])
@@ -461,15 +471,16 @@ def fskil_evaluation(model, splits: dict[str, Split], words: Words,
 
 
 @torch.no_grad()
-def embed_speech(model, split: Split, rows: torch.Tensor) -> torch.Tensor:
-    """(N, emb_dim) speech embeddings of ``rows``, in eval mode (the frozen encoder)."""
+def embed_speech(model, split: Split, rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(N, emb_dim) speech embeddings of ``rows``, ``chunk`` at a time, in eval mode (the
+    frozen encoder)."""
     model.eval()
-    outs = [model.encoder(split.take(rows[i:i + EVAL_BATCH], ("speech",))[0])
-            for i in range(0, len(rows), EVAL_BATCH)]
+    outs = [model.encoder(split.take(rows[i:i + chunk], ("speech",))[0])
+            for i in range(0, len(rows), chunk)]
     return torch.cat(outs) if outs else torch.zeros(0, model.classifier.weight.shape[1])
 
 
-def probe_accuracies(model, split: Split) -> dict[str, float]:
+def probe_accuracies(model, split: Split, chunk: int) -> dict[str, float]:
     """Held-out linear probes: the word from emb_formant, the speaker from emb_residual.
 
     The test split's speakers were never trained on. The word probe is fitted on half of
@@ -478,7 +489,7 @@ def probe_accuracies(model, split: Split) -> dict[str, float]:
     the same numbers (deterministic, small), so no rank waits for another.
     """
     rows = torch.arange(len(split), device=split.labels.device)
-    _, emb_formant, emb_residual, _ = embed(model, split, rows)
+    _, emb_formant, emb_residual, _ = embed(model, split, rows, chunk)
     names = sorted(set(split.speakers))
     speaker_ids = torch.tensor([names.index(s) for s in split.speakers])
     first_half = torch.tensor([names.index(s) < len(names) // 2 for s in split.speakers])
