@@ -51,7 +51,7 @@ class RankContext:
     device: torch.device
     # Clips per evaluation forward. The loop sets the rank's share of a training batch:
     # evaluation then never needs more memory than a step did (at 4 workers a larger
-    # chunk grew every worker's heap past its training peak).
+    # chunk grew the workers' heaps past their training peak).
     eval_batch: int = 256
 
     @classmethod
