@@ -195,8 +195,8 @@ def test_node_copy_gives_todays_batches_and_losses(small_prepared):
 
 def test_evaluation_takes_no_more_clips_at_once_than_a_training_step(small_prepared):
     """Evaluation forwards the rank's share of a training batch at a time, so it never
-    needs more memory than a step (a fixed 256 grew each of 4 workers' heaps by about
-    0.15 GiB past its training peak); the numbers do not depend on the chunk."""
+    needs more memory than a step (a fixed 256 grew three of 4 workers' heaps by 0.1-0.2
+    GiB past their training peak); the numbers do not depend on the chunk."""
     import workers.train as wt
     from workers.config import RunConfig
 
