@@ -2,7 +2,7 @@
 
 Writes, once, a prepared folder the size of Speech Commands v2 (105,829 clips: 84,843
 train, 9,981 validation, 11,005 test; 35 words; random features in the real schema,
-about 5 GB), makes the node's copy (``workers.data.node_copy``, timed on its own), then
+about 5 GB), makes the node's copy (``workers.node_cache.node_copy``, timed on its own), then
 trains one epoch (preset tiny) with 1, 2 and 4 Ray Train workers on this machine and
 reports for each:
 
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from workers.data import PreparedWriter, node_copy
+from workers.node_cache import node_copy
+from workers.prepared import PreparedWriter
 from workers.train import train_loop_per_worker, train_step
 
 GSC_V2 = {"train": 84_843, "validation": 9_981, "test": 11_005}  # 105,829 clips

@@ -9,7 +9,7 @@ One rank, in this process (no Ray, no DDP: one GPU), the production training ste
 samples/s over every epoch but the first (warm-up: cuDNN autotuning, the allocator);
 the last epoch's training loss shows that both train alike. ``--device cpu`` is a dry
 run of the script itself: autocast is GPU-only, so both sides run float32 there.
-Copy the output with the machine into README.md's performance section.
+Copy the output with the machine into bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ from ray.util import placement_group_table
 
 from orchestrator import sweep as sweeps
 from orchestrator.launch import ray_session
+from orchestrator.plan import SweepPlan
 from orchestrator.prepare import ensure_synthetic
+from orchestrator.results import RESULTS_FILE
 from orchestrator.variants import trial_configs
 from workers.config import RunConfig
 
@@ -44,8 +46,8 @@ def sweep(base: RunConfig, storage: Path, name: str, trials: int) -> pd.DataFram
     """``trials`` trials: the default variants over as many seeds as needed."""
     chosen = trial_configs(["cosine", "dot:minmax:global", "dot:minmax:local",
                             "dot:meanstd:global", "dot:meanstd:local"], trials, {})[:trials]
-    sweeps.run_sweep(storage / name, base, chosen)
-    return pd.read_parquet(storage / name / sweeps.RESULTS_FILE)
+    sweeps.run_sweep(SweepPlan(folder=str(storage / name), base=base, trials=chosen))
+    return pd.read_parquet(storage / name / RESULTS_FILE)
 
 
 def run(base: RunConfig, trials: int) -> dict:

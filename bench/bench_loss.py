@@ -3,7 +3,7 @@ global/local time ratio at world size 2 on gloo.
 
     .venv/bin/python bench/bench_loss.py [--batch 4096] [--dim 256] [--repeats 50]
 
-Prints one table; copy it with the machine into README.md's performance section.
+Prints one table; copy it with the machine into bench/RESULTS.md.
 """
 
 import argparse

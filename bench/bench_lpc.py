@@ -51,9 +51,9 @@ except ImportError:  # optional: pip install -e '.[bench]'
     diffsptk = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers import audio, burg  # noqa: E402
+from workers import audio, burg, constants  # noqa: E402
 
-SAMPLE_RATE = audio.SAMPLE_RATE
+SAMPLE_RATE = constants.SAMPLE_RATE
 DIFFSPTK_GOAL = 6.0  # dotsim LPC + residual vs diffsptk float64, CPU time per frame
 
 
@@ -350,8 +350,8 @@ def cpu_name() -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000)
-    parser.add_argument("--order", type=int, default=audio.LPC_ORDER)
-    parser.add_argument("--hop", type=int, default=audio.HOP)
+    parser.add_argument("--order", type=int, default=constants.LPC_ORDER)
+    parser.add_argument("--hop", type=int, default=constants.HOP)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gpu-frames", type=int, default=400_000)

@@ -5,7 +5,7 @@ training.
     .venv/bin/python bench/bench_sweep.py [--variants cosine,dot:minmax:global] [--epochs 3]
 
 Both measurements run on one local Ray in the same process. Prints a Markdown table;
-copy it with the machine into README.md's performance section.
+copy it with the machine into bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator import sweep as sweeps
 from orchestrator.launch import ray_session
+from orchestrator.plan import SweepPlan
 from orchestrator.prepare import ensure_synthetic
+from orchestrator.results import RESULTS_FILE, TUNE_NAME
 from orchestrator.variants import parse_grid, trial_configs
 from workers.config import RunConfig
 
@@ -49,7 +51,7 @@ def first_metric_seconds(sweep_dir: Path) -> pd.Series:
     """Per trial: Tune's time from the trial's start to its first result."""
     from ray import tune
 
-    analysis = tune.ExperimentAnalysis(str(sweep_dir / sweeps.TUNE_NAME))
+    analysis = tune.ExperimentAnalysis(str(sweep_dir / TUNE_NAME))
     return pd.Series({trial: float(frame["time_this_iter_s"].iloc[0])
                       for trial, frame in analysis.trial_dataframes.items()})
 
@@ -70,10 +72,11 @@ def main():
     with ray_session(num_cpus=os.cpu_count()):
         noop = [bare_noop(base.workers, base.cpus_per_worker, storage) for _ in range(2)]
         start = time.perf_counter()
-        sweeps.run_sweep(Path(storage) / "sweep", base, trials)
+        sweeps.run_sweep(SweepPlan(folder=str(Path(storage) / "sweep"), base=base,
+                                   trials=trials))
         wall = time.perf_counter() - start
     first = first_metric_seconds(Path(storage) / "sweep")
-    results = pd.read_parquet(Path(storage) / "sweep" / sweeps.RESULTS_FILE)
+    results = pd.read_parquet(Path(storage) / "sweep" / RESULTS_FILE)
     epoch1 = results[results["epoch"] == 1].set_index("trial")["epoch_seconds"]
     startup = first - epoch1.reindex(first.index)
     training = results["epoch_seconds"].sum()

@@ -16,7 +16,7 @@ world size, one torch thread per rank; the bare side is torch.multiprocessing + 
    processes keeps process placement and other programs' bursts on 2 shared cores out of
    the ratios, which whole separate runs moved by several percent.
 
-Prints Markdown tables; copy them with the machine into README.md's performance section.
+Prints Markdown tables; copy them with the machine into bench/RESULTS.md.
 """
 
 from __future__ import annotations

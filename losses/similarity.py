@@ -1,4 +1,4 @@
-"""The dot-similarity loss family: pure tensor math (see DESIGN.md, "The dot-similarity loss").
+"""The dot-similarity loss family: pure tensor math (docs/design.md, "The loss").
 
 For sample i with n_i = ||emb_i|| and m_i = ||emb_rec_i||, the scales are
 s_i = sigmoid(z(n_i)) and t_i = sigmoid(z(m_i)), where z normalises a norm by the batch
@@ -18,14 +18,13 @@ one set of collectives.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, reduce
 
 import torch
 
-from losses import distributed
+from losses import distributed, names
 
 # F.cosine_similarity's default: a norm below this counts as this.
 COSINE_EPS = 1e-8
@@ -74,6 +73,7 @@ def dot_legacy(pair: Pair) -> torch.Tensor:
 
 
 SIMILARITIES: dict[str, SimilarityFn] = {"cosine": cosine, "dot": dot, "dot-legacy": dot_legacy}
+assert tuple(SIMILARITIES) == names.SIMILARITIES
 # Similarities that never read the scales skip the statistics (and their communication).
 _SCALE_FREE = {cosine}
 
@@ -95,34 +95,17 @@ NORMS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = 
     "minmax": minmax,
     "meanstd": meanstd,
 }
-SCOPES = ("local", "global")
-
-
-def _choice(kind: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+assert tuple(NORMS) == names.NORMS
 
 
 def resolve_similarity(name: str) -> SimilarityFn:
     """A built-in similarity by name, or a custom one given as ``package.module:function``."""
-    if name in SIMILARITIES:
-        return SIMILARITIES[name]
-    if ":" not in name:
-        _choice("similarity", name, [*SIMILARITIES, "package.module:function"])
-    module_name, _, attr = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load similarity {name!r}: {err}") from err
-    if not callable(fn):
-        raise ValueError(f"similarity {name!r} is not callable")
-    return fn
+    return SIMILARITIES[name] if name in SIMILARITIES else names.load_custom(name)
 
 
 def validate(similarity: str, norm: str, scope: str) -> SimilarityFn:
     """Check the variant names; return the similarity function."""
-    _choice("norm", norm, NORMS)
-    _choice("scope", scope, SCOPES)
+    names.validate(similarity, norm, scope)
     return resolve_similarity(similarity)
 
 

@@ -1,36 +1,33 @@
 """The ``dotsim`` command line: a thin Click group over plain functions.
 
-User errors (``InputError``: bad options, bad data, an unreachable cluster, a run folder
-of another config) exit with code 2 and one line on stderr; anything else that fails
-exits with 1 and one line; Ctrl-C exits with 130 and says how to resume. Set
-DOTSIM_DEBUG=1 to see tracebacks.
+Each command parses its options, calls the orchestrator (``plan`` checks and plans,
+``launch``/``sweep`` run, ``report`` summarises) and prints. ``main`` owns the exit policy
+(``workers.errors``): a user error exits 2 with one line, Ctrl-C 130 with the way to
+resume, any other failure 1 with one line. Set DOTSIM_DEBUG=1 to see tracebacks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import logging
 import os
+import shlex
 import sys
-import time
 import types
 import typing
 from pathlib import Path
 
 import click
 
+from orchestrator import plan
 from orchestrator import variants as sweep_variants
 from workers import storage
-from workers.config import RunConfig, field_docs
-from workers.errors import InputError
+from workers.config import CHOICES, RunConfig, field_docs
+from workers.errors import InputError, Interrupted, Reported
 from workers.metrics import FSKIL_HEADLINE, LOGMEL_HEADLINE
 
-
-class UserError(click.ClickException):
-    """Bad input from the user: exit 2, one line."""
-
-    exit_code = 2
+log = logging.getLogger("dotsim")
 
 
 # --- options generated from the typed config -----------------------------------------
@@ -38,6 +35,20 @@ class UserError(click.ClickException):
 # Fields that have their own option name or are not for the command line.
 _OPTION_NAMES = {"gpu": "--gpu/--cpu"}
 _NOT_OPTIONS = {"extra", "class_order"}  # class_order: --class-order FILE
+
+
+class _Choice(click.Choice):
+    """click.Choice (its values in --help) with dotsim's message for a value outside it."""
+
+    def __init__(self, kind: str, choices):
+        super().__init__(list(choices))
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        if value not in self.choices:  # the same words as RunConfig's own check
+            raise click.UsageError(f"unknown {self.kind} {value!r}; allowed: "
+                                   f"{', '.join(self.choices)}", ctx)
+        return value
 
 
 def config_options(func):
@@ -57,6 +68,8 @@ def config_options(func):
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):  # `str | None` -> str
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if f.name in CHOICES:
+            kind = _Choice(f.name, CHOICES[f.name])
         help_text = f"{docs.get(f.name, '')} [default: {f.default}]"
         if kind is bool:
             name = _OPTION_NAMES.get(f.name, f"{flag}/--no-{flag[2:]}")
@@ -68,29 +81,7 @@ def config_options(func):
 
 def build_config(options: dict) -> RunConfig:
     """RunConfig from the options the user gave (None means: RunConfig's default)."""
-    return RunConfig(**{k: v for k, v in options.items()
-                        if v is not None and k != "class_order_file"})
-
-
-def with_data(cfg: RunConfig, options: dict) -> RunConfig:
-    """``cfg`` with its data folder resolved and checked (the synthetic corpus, prepared
-    once, when none is given), a --class-order file read against its words, and the run's
-    needs checked against its training labels (words for a batch, FSKIL shots)."""
-    import torch
-
-    from workers.data import read_labels, read_meta
-    from workers.fskil import read_class_order
-    from workers.train import check_data
-
-    cfg = _resolve_data(cfg)
-    meta = read_meta(cfg.data)
-    order_file = options.get("class_order_file")
-    if order_file is not None:
-        if cfg.protocol != "fskil":
-            raise InputError("--class-order orders the words of --protocol fskil; add it")
-        cfg = cfg.replace(class_order=read_class_order(order_file, meta["labels"], cfg.fskil))
-    check_data(cfg, meta["labels"], torch.from_numpy(read_labels(cfg.data, meta, "train")))
-    return cfg
+    return RunConfig(**{k: v for k, v in options.items() if v is not None})
 
 
 def address_option(func):
@@ -101,20 +92,56 @@ def address_option(func):
     )(func)
 
 
+def jobs_address_option(func):
+    return click.option(
+        "--address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
+        help="The cluster's Jobs API, e.g. http://127.0.0.1:8265 (through "
+             "`dotsim cluster dashboard`).")(func)
+
+
+def dashboard_option(func):
+    return click.option("--dashboard", is_flag=True,
+                        help="Start the Ray Dashboard on 127.0.0.1:8265 (local Ray only).")(func)
+
+
 # --- the group -----------------------------------------------------------------------
 
 
+class _Outcome(click.ClickException):
+    """How a command ended, as the exit code and line(s) ``_outcome`` chose."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _outcome(err: Exception) -> _Outcome:
+    """The exit policy (``workers.errors``): a user error exits 2 with one line, an
+    interruption 130 with the way on, a failure dotsim explained 1 with its message, any
+    other failure 1 with one line naming it."""
+    if isinstance(err, InputError):
+        return _Outcome(f"error: {_one_line(err)}", 2)
+    if isinstance(err, Interrupted):
+        return _Outcome(str(err), 130)
+    if isinstance(err, Reported):
+        return _Outcome(str(err), 1)
+    return _Outcome(f"failed: {type(err).__name__}: {_one_line(err)} (DOTSIM_DEBUG=1 shows "
+                    "the traceback)", 1)
+
+
 class DotsimGroup(click.Group):
-    """Turns dotsim's own ``InputError`` (raised by its checks of options, data, folders
-    and addresses) into a UserError: exit 2, one line. Nothing else is a user error."""
+    """Applies ``_outcome`` to whatever a command raises (with DOTSIM_DEBUG=1, anything
+    but a Click error keeps its traceback)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except InputError as err:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
             if os.environ.get("DOTSIM_DEBUG"):
                 raise
-            raise UserError(_one_line(err)) from err
+            raise _outcome(err) from err
 
 
 @click.group(cls=DotsimGroup,
@@ -127,6 +154,7 @@ def cli():
       dotsim prepare --out data/synthetic     # features of the embedded corpus
       dotsim train --scope global --epochs 12  # DDP on Ray Train, 2 workers
     """
+    _log_to_stderr()
 
 
 @cli.command()
@@ -172,15 +200,10 @@ def prepare(source, out, seed, overwrite, use_ray, address, as_json):
       dotsim prepare ~/speech_commands_v0.02 --out data/sc2
       dotsim prepare --out data/synthetic
     """
-    from orchestrator.launch import ray_session
-    from orchestrator.prepare import prepare as run_prepare
+    from orchestrator.prepare import prepare_data
 
-    if storage.is_uri(out):  # an unusable bucket fails now, not after the features
-        storage.check_writable(storage.parent(out))
-    if use_ray is None:
-        use_ray = bool(address) or _count_wavs(source) > 2000
-    with ray_session(address) if use_ray else _nothing():
-        summary = run_prepare(source, out, seed=seed, overwrite=overwrite, use_ray=use_ray)
+    summary = prepare_data(source, out, seed=seed, overwrite=overwrite, use_ray=use_ray,
+                           address=address)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -191,11 +214,10 @@ def prepare(source, out, seed, overwrite, use_ray, address, as_json):
 @cli.command()
 @config_options
 @address_option
-@click.option("--dashboard", is_flag=True,
-              help="Start the Ray Dashboard on 127.0.0.1:8265 (local Ray only).")
+@dashboard_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (config, final metrics, history) on stdout.")
-def train(address, dashboard, as_json, **options):
+def train(address, dashboard, as_json, class_order_file, **options):
     """Train the keyword encoder with DDP workers on Ray Train.
 
     Without --data, the synthetic corpus is prepared once into ~/.cache/dotsim and reused.
@@ -210,37 +232,20 @@ def train(address, dashboard, as_json, **options):
       dotsim train
       dotsim train --similarity dot --norm meanstd --scope local --workers 2 --json
     """
-    cfg = build_config(options)
-    if cfg.gpu and not address and not _local_gpu():
-        raise InputError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
-                        "--address of a GPU cluster")
-    from orchestrator.launch import RunInterrupted, launch, named, ray_session
+    from orchestrator.launch import RunInterrupted
+    from orchestrator.launch import train as run
 
-    cfg = named(with_data(cfg, options))
-    storage.check_writable(storage.resolve(cfg.storage_path or _default_storage()))
-    with ray_session(address, num_cpus=_local_cpus(cfg), dashboard=dashboard):
-        if not address:  # a cluster behind --address may autoscale to what is missing
-            _check_resources(cfg)
-        try:
-            summary = launch(cfg)
-        except RunInterrupted as stopped:
-            click.echo(f"dotsim: {stopped}; resume it: "
-                       f"{_resume_command(click.get_current_context(), cfg.run_name)}",
-                       err=True)
-            sys.exit(130)
+    cfg = plan.plan_run(build_config(options), address=address,
+                        class_order_file=class_order_file)
+    try:
+        summary = run(cfg, address=address, dashboard=dashboard)
+    except RunInterrupted as stopped:
+        command = _resume_command(click.get_current_context(), cfg.run_name)
+        raise Interrupted(f"{stopped}; resume it: {command}") from stopped
     if summary["already_finished"]:
-        click.echo(f"dotsim: run {cfg.run_name} had already finished with these options: its "
-                   "results, nothing trained (another --run-name trains anew)", err=True)
-    if as_json:
-        click.echo(json.dumps(summary, default=str))
-    else:
-        m = summary["metrics"]
-        click.echo(f"{summary['variant']}: test_acc {m['test_acc']:.4f} (best epoch "
-                   f"{m['best_epoch']}), val_acc {m['val_acc']:.4f}; run folder "
-                   f"{summary['path']}")
-        if FSKIL_HEADLINE[0] in m:
-            click.echo("FSKIL " + _headline(m, FSKIL_HEADLINE) + "; log-mel baseline "
-                       + _headline(m, LOGMEL_HEADLINE))
+        log.info(f"run {cfg.run_name} had already finished with these options: its results, "
+                 "nothing trained (another --run-name trains anew)")
+    click.echo(json.dumps(summary, default=str) if as_json else _run_lines(summary))
 
 
 @cli.command()
@@ -248,21 +253,21 @@ def train(address, dashboard, as_json, **options):
 @click.option("--name", default=None,
               help="Sweep folder name under the storage path [default: sweep-<date-time>].")
 @click.option("--variants", default=None,
-              help="Comma-separated variants: cosine or SIMILARITY:NORM:SCOPE[:detached] "
-                   f"[default: {','.join(sweep_variants.DEFAULT_VARIANTS)}].")
+              help="Comma-separated variants: cosine, ce-only or SIMILARITY:NORM:SCOPE"
+                   f"[:detached] [default: {','.join(sweep_variants.DEFAULT_VARIANTS)}].")
 @click.option("--with-detached", is_flag=True,
               help="Add a detach_stats variant of every variant that has statistics.")
 @click.option("--seeds", type=int, default=3, show_default=True,
               help="Seeds per variant (0, 1, ...); comparisons pair variants by seed.")
 @click.option("--grid", "grid_items", multiple=True, metavar="KEY=V1,V2",
               help="Cross another config field, e.g. --grid w_lpc=0.5,1 (repeatable).")
-@click.option("--scheduler", type=click.Choice(["fifo", "asha"]), default="fifo",
+@click.option("--scheduler", type=click.Choice(plan.SCHEDULERS), default="fifo",
               show_default=True,
               help="fifo runs every trial to the end (needed for fair comparisons); asha stops "
                    "weak trials early on validation accuracy (exploration only).")
 @click.option("--max-concurrent", type=int, default=None,
               help="Trials at once [default: as many as the cluster's CPUs/GPUs can place].")
-@click.option("--study", type=click.Choice(["world-size"]), default=None,
+@click.option("--study", type=click.Choice(plan.STUDIES), default=None,
               help="world-size: the same global batch at world sizes --world-sizes, dropout "
                    "off; the report shows how far each moves from world size 1.")
 @click.option("--world-sizes", default="1,2,4", show_default=True,
@@ -271,20 +276,16 @@ def train(address, dashboard, as_json, **options):
               help="Continue the interrupted sweep in this folder, as it was defined (only "
                    "--address, --dashboard and --json may be given with it).")
 @address_option
-@click.option("--dashboard", is_flag=True,
-              help="Start the Ray Dashboard on 127.0.0.1:8265 (local Ray only).")
+@dashboard_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concurrent, study,
-          world_sizes, resume_dir, address, dashboard, as_json, **options):
+          world_sizes, resume_dir, address, dashboard, as_json, class_order_file, **options):
     """Compare loss variants with Ray Tune: variants x seeds (x --grid), then report.
 
-    The default grid is cosine plus dot x {minmax, meanstd} x {global, local}, 3 seeds
-    each. Every trial trains with Ray Train; progress is in TensorBoard
-    (tensorboard --logdir SWEEP_DIR) and, with --dashboard, the Ray Dashboard. Stop it any
-    time (Ctrl-C, exit 130) and continue with --resume SWEEP_DIR: finished trials are not
-    run again. A trial that fails is listed with its error, kept in results.parquet and
-    the report as failed, and the sweep exits 1 once the others are done; --resume
-    re-runs failed trials from their last checkpoint.
+    Default: cosine and dot x {minmax, meanstd} x {global, local}, 3 seeds. Each trial's
+    start, epochs and end are shown on stderr with the time left. Ctrl-C (exit 130), then
+    --resume SWEEP_DIR continues; failed trials are reported (exit 1) and --resume re-runs
+    them. Curves: tensorboard --logdir SWEEP_DIR. More: docs/sweeps.md.
 
     \b
     Example:
@@ -294,44 +295,18 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
       dotsim sweep --resume ~/dotsim_results/sweep-2026-11-27_10-00-00
     """
     from orchestrator import sweep as sweeps
-    from orchestrator.launch import default_storage, ray_session
 
     if resume_dir is not None:
         _refuse_options_besides_resume()
-        storage.check_reachable(resume_dir)
-        definition = sweeps.read_definition(resume_dir)
-        base = RunConfig.from_dict(definition["base"])
-        with _sweep_endings(resume_dir, as_json), ray_session(
-                address, num_cpus=_local_cpus(base), dashboard=dashboard):
-            sweeps.resume_sweep(resume_dir)
-        return _print_report(resume_dir, as_json)
-
-    base = build_config(options)
-    chosen = (variants.split(",") if variants else
-              list(sweep_variants.STUDY_VARIANTS if study else sweep_variants.DEFAULT_VARIANTS))
-    if with_detached:
-        chosen += [v + ":detached" for v in chosen if v.count(":") == 2]
-    sizes = _world_sizes(world_sizes) if study == "world-size" else None
-    if seeds < 1:
-        raise InputError("--seeds must be >= 1")
-    trials = sweep_variants.trial_configs(chosen, seeds,
-                                          sweep_variants.parse_grid(list(grid_items)), sizes)
-    base = with_data(base, options)
-    storage.check_writable(storage.resolve(base.storage_path or default_storage()))
-    if sizes:
-        base = base.replace(dropout=0.0)
-    folder = storage.join(storage.resolve(base.storage_path or default_storage()),
-                          name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
-    click.echo(f"Sweep of {len(trials)} trials in {folder}\n"
-               f"  live curves: tensorboard --logdir {folder}", err=True)
-    with _sweep_endings(folder, as_json), ray_session(address, num_cpus=_local_cpus(base),
-                                                      dashboard=dashboard):
-        if sizes:
-            base = base.replace(cpus_per_worker=_study_cpus(base, max(sizes)))
-        # a cluster behind --address may autoscale: its resources now are not its limit
-        sweeps.run_sweep(folder, base, trials, scheduler=scheduler,
-                         max_concurrent=max_concurrent, study=study, elastic=bool(address))
-    _print_report(folder, as_json)
+        return _run_then_report(lambda: sweeps.resume(resume_dir, address=address,
+                                                      dashboard=dashboard), resume_dir, as_json)
+    planned = plan.plan_sweep(
+        build_config(options), variants=variants.split(",") if variants else None,
+        seeds=seeds, grid=list(grid_items), with_detached=with_detached, study=study,
+        world_sizes=world_sizes, scheduler=scheduler, max_concurrent=max_concurrent,
+        name=name, address=address, class_order_file=class_order_file)
+    _run_then_report(lambda: sweeps.start(planned, address=address, dashboard=dashboard),
+                     planned.folder, as_json)
 
 
 @cli.command()
@@ -343,7 +318,7 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
               show_default=True, help="Output format on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--plot/--no-plot", default=True, show_default=True,
-              help="Write comparison.png into SWEEP_DIR.")
+              help="Write comparison.png (and sessions.png under FSKIL) into SWEEP_DIR.")
 def report(sweep_dir, baseline, fmt, as_json, plot):
     """Summarise a sweep: accuracy with 95% intervals, paired comparisons, plots.
 
@@ -358,52 +333,100 @@ def report(sweep_dir, baseline, fmt, as_json, plot):
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
-              help="The cluster's Jobs API, e.g. http://127.0.0.1:8265 (through "
-                   "`dotsim cluster dashboard`).")
+@jobs_address_option
 @click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
 @click.option("--working-dir", default=".", show_default=True,
-              help="Folder uploaded as the job's working directory ('' for none).")
+              help="Folder uploaded as the job's working directory ('' for none); what "
+                   ".gitignore lists stays here.")
 def submit(args, address, no_wait, working_dir):
-    """Run a dotsim command on a cluster as a Ray Job, or manage such jobs.
+    """Run a dotsim command on a cluster as a Ray Job.
 
-    Everything after -- is the dotsim command to run there. The job's logs stream here
-    and the exit code is non-zero when the job fails. Token authentication: the token
-    comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+    Everything after -- is the dotsim command to run there. Its logs stream here, and the
+    exit code is non-zero when it fails; `dotsim job` follows and stops jobs. The Ray
+    token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
 
     \b
     Example:
       dotsim submit --address http://127.0.0.1:8265 -- train --gpu --workers 4
       dotsim submit --no-wait -- sweep --seeds 5
-      dotsim submit status raysubmit_abc123
-      dotsim submit logs raysubmit_abc123
-      dotsim submit stop raysubmit_abc123
     """
     from orchestrator import submit as jobs
 
-    args = list(args)
-    if args and args[0] in ("status", "logs", "stop"):
-        if len(args) != 2:
-            raise InputError(f"usage: dotsim submit {args[0]} JOB_ID")
-        client = jobs.client(address)
-        action, job_id = args
-        if action == "status":
-            click.echo(client.get_job_status(job_id).value)
-        elif action == "logs":
-            click.echo(client.get_job_logs(job_id), nl=False)
-        else:
-            click.echo("stopped" if client.stop_job(job_id) else "not running")
-        return
-    client, job_id = jobs.submit(address, args, working_dir=working_dir or None)
+    if args and args[0] in JOB_VERBS:
+        raise InputError(f"'dotsim submit {args[0]}' is now 'dotsim job {args[0]} JOB_ID'")
+    if args and args[0] not in cli.commands:
+        raise InputError(f"{args[0]!r} is not a dotsim command; after -- write one of "
+                         f"{', '.join(sorted(cli.commands))}")
+    client, job_id = jobs.submit(address, list(args), working_dir=working_dir or None)
     # at once, as `ray job submit` does: Ctrl-C or a dropped tunnel must not lose the id
     click.echo(jobs.job_commands(job_id, address), err=True)
     if no_wait:
         click.echo(job_id)
         return
     status = jobs.follow(client, job_id)
-    click.echo(f"job {job_id}: {status.value}", err=True)
     if status.value != "SUCCEEDED":
-        sys.exit(1)
+        raise Reported(f"job {job_id}: {status.value}")
+    click.echo(f"job {job_id}: {status.value}", err=True)
+
+
+@cli.group()
+def job():
+    """Follow, inspect or stop jobs sent by `dotsim submit` (Ray's Jobs API).
+
+    \b
+    Example:
+      dotsim job status raysubmit_abc123
+      dotsim job logs raysubmit_abc123
+      dotsim job stop raysubmit_abc123
+    """
+
+
+@job.command("status")
+@click.argument("job_id")
+@jobs_address_option
+def job_status(job_id, address):
+    """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
+
+    \b
+    Example:
+      dotsim job status raysubmit_abc123 --address http://127.0.0.1:8265
+    """
+    from orchestrator import submit as jobs
+
+    click.echo(jobs.client(address).get_job_status(job_id).value)
+
+
+@job.command("logs")
+@click.argument("job_id")
+@jobs_address_option
+def job_logs(job_id, address):
+    """Print a job's logs so far.
+
+    \b
+    Example:
+      dotsim job logs raysubmit_abc123
+    """
+    from orchestrator import submit as jobs
+
+    click.echo(jobs.client(address).get_job_logs(job_id), nl=False)
+
+
+@job.command("stop")
+@click.argument("job_id")
+@jobs_address_option
+def job_stop(job_id, address):
+    """Stop a running job (its run folders keep their checkpoints: resume it later).
+
+    \b
+    Example:
+      dotsim job stop raysubmit_abc123
+    """
+    from orchestrator import submit as jobs
+
+    click.echo("stopped" if jobs.client(address).stop_job(job_id) else "not running")
+
+
+JOB_VERBS = tuple(job.commands)
 
 
 @cli.command()
@@ -434,53 +457,55 @@ def cluster(action, config_path):
     sys.exit(launcher.run(action, config_path))
 
 
-# --- helpers -------------------------------------------------------------------------
+# --- printing ------------------------------------------------------------------------
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _count_wavs(source) -> int:
-    if source is None or not Path(source).is_dir():
-        return 0
-    return sum(1 for _ in Path(source).glob("*/*.wav"))
+def _run_lines(summary: dict) -> str:
+    """A finished run in words: test and validation accuracy, the folder, FSKIL numbers."""
+    m = summary["metrics"]
+    text = (f"{summary['variant']}: test_acc {m['test_acc']:.4f} (best epoch "
+            f"{m['best_epoch']}), val_acc {m['val_acc']:.4f}; run folder {summary['path']}")
+    if FSKIL_HEADLINE[0] in m:
+        text += ("\nFSKIL " + _headline(m, FSKIL_HEADLINE) + "; log-mel baseline "
+                 + _headline(m, LOGMEL_HEADLINE))
+    return text
 
 
-def _local_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _local_cpus(cfg: RunConfig) -> int:
-    """A local Ray gets this machine's CPUs, and never fewer than the workers need."""
-    import math
-
-    return max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.cpus_per_worker))
+def _headline(metrics: dict, names: tuple[str, ...]) -> str:
+    """e.g. "mean_acc 0.862 last_acc 0.780 last_harmonic 0.721" (None: "-")."""
+    return " ".join(f"{name.split('_', 1)[1]} "
+                    + ("-" if metrics[name] is None else f"{metrics[name]:.3f}")
+                    for name in names)
 
 
-def _resolve_data(cfg: RunConfig) -> RunConfig:
-    """An absolute, checked prepared folder; the synthetic cache when none is given."""
-    from orchestrator.prepare import ensure_synthetic
-    from workers.data import check_prepared
+def _run_then_report(run, folder: str, as_json: bool) -> None:
+    """Run a sweep, then print its report. Failed trials are listed first (the report
+    could fail too), then the report, then ``main`` says how the sweep ended."""
+    from orchestrator.sweep import SweepFailed, SweepInterrupted, failure_lines
 
-    if cfg.data is None:
-        return cfg.replace(data=str(ensure_synthetic()))
-    location = storage.resolve(cfg.data)
-    storage.check_reachable(location)
-    check_prepared(location)  # PreparedDataError (an InputError) names what is wrong
-    return cfg.replace(data=location)
+    try:
+        run()
+    except SweepInterrupted as stopped:
+        for line in failure_lines(stopped.trials):
+            log.info(line)
+        raise
+    except SweepFailed as failed:
+        for line in failure_lines(failed.trials):
+            log.info(line)
+        _print_report(folder, as_json)
+        raise
+    _print_report(folder, as_json)
 
 
-def _default_storage() -> str:
-    from orchestrator.launch import default_storage
+def _print_report(sweep_dir: str, as_json: bool, baseline: str | None = None,
+                  plot: bool = True) -> None:
+    from orchestrator import report as reports
 
-    return default_storage()
+    result = reports.make(storage.resolve(sweep_dir), baseline=baseline, with_plots=plot)
+    click.echo(json.dumps(result, default=str) if as_json else reports.to_markdown(result))
+
+
+# --- options typed on the command line -------------------------------------------------
 
 
 def _typed(ctx: click.Context) -> list[click.Parameter]:
@@ -492,8 +517,6 @@ def _typed(ctx: click.Context) -> list[click.Parameter]:
 def _resume_command(ctx: click.Context, run_name: str) -> str:
     """``dotsim train`` with the options the user gave on the command line (not those
     from the environment, which the next shell has too) and the run's name."""
-    import shlex
-
     words = ["dotsim", ctx.info_name]
     for param in _typed(ctx):
         value = ctx.params.get(param.name)
@@ -505,25 +528,6 @@ def _resume_command(ctx: click.Context, run_name: str) -> str:
         else:
             words += [param.opts[0], str(value)]
     return shlex.join([*words, "--run-name", run_name])
-
-
-@contextlib.contextmanager
-def _sweep_endings(sweep_dir: str, as_json: bool):
-    """An interrupted sweep: one line saying how to resume it, exit code 130. A sweep with
-    failed trials: the report (results are written), each failure's last line, exit 1."""
-    from orchestrator.sweep import SweepFailed, SweepInterrupted
-
-    try:
-        yield
-    except SweepInterrupted as stopped:
-        _say_failures(stopped.trials)
-        click.echo(f"dotsim: {stopped}", err=True)
-        sys.exit(130)
-    except SweepFailed as failed:
-        _say_failures(failed.trials)  # first: the report below could fail too
-        _print_report(sweep_dir, as_json)
-        click.echo(f"dotsim: {failed}", err=True)
-        sys.exit(1)
 
 
 RESUME_OPTIONS = ("resume_dir", "address", "dashboard", "as_json")
@@ -539,60 +543,33 @@ def _refuse_options_besides_resume() -> None:
                          f"drop {', '.join(given)} (start a new sweep to change them)")
 
 
-def _headline(metrics: dict, names: tuple[str, ...]) -> str:
-    """e.g. "mean_acc 0.862 last_acc 0.780 last_harmonic 0.721" (None: "-")."""
-    return " ".join(f"{name.split('_', 1)[1]} "
-                    + ("-" if metrics[name] is None else f"{metrics[name]:.3f}")
-                    for name in names)
+# --- messages and exit codes -----------------------------------------------------------
 
 
-def _say_failures(trials) -> None:
-    for outcome in trials:
-        click.echo(f"dotsim: trial {outcome.name} failed: {outcome.error}", err=True)
+class _Lines(logging.Formatter):
+    """dotsim's notes as ``dotsim: ...``; progress lines as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.name == "dotsim.progress" else f"dotsim: {text}"
 
 
-def _world_sizes(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(x) for x in text.split(",")})
-    except ValueError as err:
-        raise InputError(f"--world-sizes {text!r}: write numbers like 1,2,4") from err
-    if sizes[0] != 1 or min(sizes) < 1:
-        raise InputError("--world-sizes must include 1 (the reference) and be >= 1")
-    return sizes
+class _ToStderr(logging.Handler):
+    """Writes through click to the stderr of the moment (a test's capture included)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
 
 
-def _study_cpus(base: RunConfig, widest: int) -> float:
-    """CPUs per worker so the widest world size fits the cluster (fractions allowed)."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return min(base.cpus_per_worker, round((cpus - 0.05) / widest, 3))
-
-
-def _print_report(sweep_dir: str, as_json: bool, baseline: str | None = None,
-                  plot: bool = True) -> None:
-    from orchestrator import report as reports
-
-    result = reports.build_report(storage.resolve(sweep_dir), baseline=baseline)
-    if plot:
-        result["plot"] = reports.plot(storage.resolve(sweep_dir))
-        if sessions := reports.plot_sessions(result):
-            result["sessions_plot"] = sessions
-    click.echo(json.dumps(result, default=str) if as_json else reports.to_markdown(result))
-
-
-def _check_resources(cfg: RunConfig) -> None:
-    import ray
-
-    have = ray.cluster_resources()
-    need_cpu = cfg.workers * cfg.cpus_per_worker
-    if cfg.gpu and have.get("GPU", 0) < cfg.workers:
-        raise InputError(f"--gpu with {cfg.workers} workers needs {cfg.workers} GPUs; the "
-                        f"cluster has {int(have.get('GPU', 0))}")
-    if have.get("CPU", 0) < need_cpu:
-        raise InputError(f"{cfg.workers} workers x {cfg.cpus_per_worker} CPUs need {need_cpu} "
-                        f"CPUs; the cluster has {have.get('CPU', 0)}: lower --workers or "
-                        "--cpus-per-worker")
+def _log_to_stderr() -> None:
+    """The orchestrator's notes and progress (logger ``dotsim``) on stderr, once."""
+    logger = logging.getLogger("dotsim")
+    if not any(isinstance(h, _ToStderr) for h in logger.handlers):
+        handler = _ToStderr()
+        handler.setFormatter(_Lines())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _one_line(err: BaseException) -> str:
@@ -607,8 +584,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> None:
-    """Entry point: run the group, turning user errors into exit 2 and one line."""
-    debug = bool(os.environ.get("DOTSIM_DEBUG"))
+    """Entry point: run the group; print how it ended on stderr and exit with its code."""
     try:
         cli.main(args=argv, prog_name="dotsim", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -616,12 +592,9 @@ def main(argv=None) -> None:
     except click.Abort:
         click.echo("dotsim: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as err:
+    except _Outcome as ended:
+        click.echo(f"dotsim: {ended.format_message()}", err=True)
+        sys.exit(ended.exit_code)
+    except click.ClickException as err:  # Click's own usage errors: exit 2, one line
         click.echo(f"dotsim: error: {err.format_message()}".splitlines()[0], err=True)
         sys.exit(err.exit_code)
-    except Exception as err:  # a failed run: say what failed, exit non-zero
-        if debug:
-            raise
-        click.echo(f"dotsim: failed: {type(err).__name__}: {_one_line(err)} "
-                   "(DOTSIM_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(1)

@@ -13,6 +13,7 @@ import tomllib
 import urllib.parse
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 from workers.errors import InputError
@@ -35,7 +36,7 @@ HEAD_RESOURCE = "dotsim_head"
 # Values cluster.yaml ships with, which no cluster can start from: what replaces them.
 PLACEHOLDERS = {
     "ami-00000000000000000": "the id of 'Deep Learning Base OSS Nvidia Driver GPU AMI "
-                             "(Ubuntu 24.04)' in the provider's region (README: On a GPU "
+                             "(Ubuntu 24.04)' in the provider's region (docs/cluster.md: the GPU "
                              "cluster)",
     "fs-00000000": "your EFS file system's id (fs-...) in the provider's region",
 }
@@ -51,7 +52,8 @@ def validate(config_path: Path) -> dict:
 
     Ray's ``prepare_config`` fills in the provider's defaults (as ``ray up`` does) and
     ``validate_config`` checks the result against ``ray-schema.json``; neither needs cloud
-    access. Any problem becomes an InputError with one line.
+    access. A problem with the file becomes an InputError with one line; anything else
+    (a bug in Ray, say) stays the error it is.
     """
     # Ray's public autoscaler API (ray.autoscaler.sdk) has no offline check of a config:
     # this is the one place dotsim imports a private Ray module, and it is tested
@@ -68,8 +70,15 @@ def validate(config_path: Path) -> dict:
     if not isinstance(config, dict):
         raise InputError(f"{path} is not a Ray cluster config (expected a mapping)")
     try:
-        validate_config(prepare_config(copy.deepcopy(config)))
-    except Exception as err:  # jsonschema.ValidationError, ValueError: both mean a bad file
+        # filling in the defaults looks keys up: a missing or misshapen one surfaces here
+        prepared = prepare_config(copy.deepcopy(config))
+    except (LookupError, TypeError, ValueError) as err:
+        raise InputError(f"{path} is not a valid Ray cluster config: {type(err).__name__} "
+                         f"{str(err).splitlines()[0] if str(err) else ''} (a key is missing "
+                         "or of the wrong kind)") from err
+    try:
+        validate_config(prepared)
+    except (jsonschema.ValidationError, ValueError) as err:  # Ray's two ways to say "bad"
         message = getattr(err, "message", None) or str(err)
         where = "/".join(str(p) for p in getattr(err, "absolute_path", []))
         raise InputError(f"{path} is not a valid Ray cluster config: "

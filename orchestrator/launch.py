@@ -15,11 +15,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 
-import click
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
@@ -27,20 +25,25 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.auth import ray_auth_token
+from orchestrator.plan import check_address, concurrency, local_cpus, located
+from orchestrator.progress import epoch_line
 from orchestrator.versions import code_version, package_versions
 from workers import storage
 from workers.config import RunConfig
-from workers.data import data_fingerprint
-from workers.errors import InputError
+from workers.errors import InputError, Interrupted
 from workers.metrics import HISTORY_FILE, is_finished
+from workers.prepared import data_fingerprint
 from workers.train import train_loop_per_worker
 
 RECORD_FILE = "dotsim_run.json"
+log = logging.getLogger("dotsim")
+progress = logging.getLogger("dotsim.progress")
 
 
-def default_storage() -> str:
-    """DOTSIM_STORAGE (a cluster sets it to shared storage), else ~/dotsim_results."""
-    return storage.resolve(os.environ.get("DOTSIM_STORAGE") or "~/dotsim_results")
+# GPU nodes of an autoscaling cluster take minutes to join (boot, pull the image, install
+# torch): a Train worker group waits this long for them (Ray Train's default is 60 s).
+START_TIMEOUT_S = 1800
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train reads it
 
 
 # --- Ray connection ------------------------------------------------------------------
@@ -53,61 +56,62 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
 
     Local: dashboard off unless asked (heavy on small machines), and then on 127.0.0.1
     only; Ray 2.60 turns token authentication on for a local cluster it starts. Remote:
-    a token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent. A Ray
-    that this function started is shut down on exit. Yields Ray's context of the
-    connection (its dashboard URL, ...), or None when Ray was connected already.
+    a token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent, and
+    the job's processes wait START_TIMEOUT_S for a worker group. A Ray that this function
+    started is shut down on exit. Yields Ray's context of the connection (its dashboard
+    URL, ...), or None when Ray was connected already.
     """
-    if address:
-        check_reachable(address)  # even when connected already: a wrong address is an error
+    check_address(address)  # even when connected already: a wrong address is an error
     if ray.is_initialized():  # e.g. a test or a notebook already connected
         yield None
         return
-    if address:
-        # GPU nodes of an autoscaling cluster take minutes to join: wait for the worker
-        # group that long (Ray Train's default is 60 s); workers inherit the driver's env
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1200")
-        if ray_auth_token():  # Ray sends it only in token mode
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-        context = ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # Without the dashboard, Ray Train's placement-group cleaner cannot reach the
-        # State API and logs a warning every few seconds: keep worker logs local then
-        # (errors still reach the driver as exceptions; progress comes by queue).
-        context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                           include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                           logging_level=logging.WARNING, log_to_driver=dashboard)
-        if dashboard:
-            click.echo(f"Ray Dashboard: http://{context.dashboard_url} (token: "
-                       "~/.ray/auth_token)", err=True)
+    # Ray warns that it turned token auth on for the local Ray it starts: dotsim says so
+    # where it matters (--dashboard), and the token is never needed otherwise
+    with quiet("ray._private.authentication", logging.ERROR):
+        if address:
+            with _token_mode():
+                context = ray.init(address=address, logging_level=logging.WARNING,
+                                   runtime_env={"env_vars": _job_env()})
+        else:
+            # Without the dashboard, Ray Train's placement-group cleaner cannot reach the
+            # State API and logs a warning every few seconds: keep worker logs local then
+            # (errors still reach the driver as exceptions; progress comes by queue).
+            context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                               include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                               logging_level=logging.WARNING, log_to_driver=dashboard)
+    if dashboard and not address:
+        log.info(f"Ray Dashboard: http://{context.dashboard_url} (token: ~/.ray/auth_token)")
     try:
         yield context
     finally:
         ray.shutdown()
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on an address nobody answers at (ray.init would retry for minutes)."""
-    if address in ("auto", "local"):
+def _job_env() -> dict[str, str]:
+    """Environment of every process of the job (Train's controller and workers, Tune's
+    trials): the worker-group start timeout, unless the user set their own."""
+    return {START_TIMEOUT_ENV: os.environ.get(START_TIMEOUT_ENV, str(START_TIMEOUT_S))}
+
+
+@contextlib.contextmanager
+def _token_mode():
+    """RAY_AUTH_MODE=token while connecting when a token is configured (Ray sends the
+    token only in token mode, and reads the mode from the environment alone); the user's
+    own setting stays, and nothing is left changed afterwards."""
+    if "RAY_AUTH_MODE" in os.environ or not ray_auth_token():
+        yield
         return
-    if address.startswith("ray://"):
-        raise InputError(f"{address}: Ray Client (ray://) is not supported, as Ray's docs "
-                         "advise for Train and Tune; send the command as a job instead: "
-                         "dotsim submit --address http://HEAD:8265 -- train ...")
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"bad Ray address {address!r}; write HOST:PORT (e.g. 10.0.0.5:6379)")
+    os.environ["RAY_AUTH_MODE"] = "token"
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise InputError(f"cannot reach Ray at {address} ({err.strerror or err}); is the "
-                         "cluster up, and are --address / RAY_ADDRESS right?") from err
+        yield
+    finally:
+        os.environ.pop("RAY_AUTH_MODE", None)
 
 
 # --- one run -------------------------------------------------------------------------
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(Interrupted):
     """Ctrl-C stopped the run; its checkpoints are kept and the same config resumes it."""
 
     def __init__(self, cfg: RunConfig, epochs_done: int):
@@ -116,14 +120,19 @@ class RunInterrupted(Exception):
         self.cfg, self.epochs_done = cfg, epochs_done
 
 
-def named(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its run name: the given one, or the default derived from the config."""
-    return cfg if cfg.run_name else cfg.replace(run_name=cfg.default_run_name())
-
-
 def run_location(cfg: RunConfig) -> str:
     """The run folder (local path or URI): storage path / run name."""
-    return storage.join(storage.resolve(cfg.storage_path or default_storage()), cfg.run_name)
+    cfg = located(cfg)
+    return storage.join(cfg.storage_path, cfg.run_name)
+
+
+def train(cfg: RunConfig, *, address: str | None = None, dashboard: bool = False) -> dict:
+    """Connect to ``address`` (or start a local Ray), check that the run fits, and
+    ``launch`` it: what ``dotsim train`` does with the config ``plan.plan_run`` gave."""
+    with ray_session(address, num_cpus=local_cpus(cfg), dashboard=dashboard):
+        # a cluster behind --address may autoscale: its resources now are not its limit
+        concurrency(cfg, [{}], ray.cluster_resources(), elastic=bool(address))
+        return launch(cfg)
 
 
 def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_worker,
@@ -138,7 +147,7 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
     on Ctrl-C.
     """
     assert cfg.data is not None, "resolve the data folder before launching"
-    cfg = named(cfg)
+    cfg = located(cfg)
     location = run_location(cfg)
     try:
         history, owner = bind_run(cfg, location)
@@ -163,7 +172,7 @@ def _summary(cfg: RunConfig, location: str, history: list[dict], *,
 def make_trainer(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_worker,
                  callbacks=(), worker_env: dict | None = None) -> TorchTrainer:
     """A TorchTrainer for ``cfg`` (named, with a prepared data folder every node sees)."""
-    assert cfg.data is not None and cfg.run_name, "resolve the data folder and name the run"
+    assert cfg.data is not None and cfg.run_name and cfg.storage_path, "plan the run first"
     return TorchTrainer(
         loop,
         train_loop_config=cfg.to_dict(),
@@ -173,7 +182,7 @@ def make_trainer(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_pe
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run_name,
-            storage_path=storage.resolve(cfg.storage_path or default_storage()),
+            storage_path=cfg.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             # controller_failure_limit=0: a worker group that cannot be placed (too few
             # CPUs) fails with an error instead of retrying forever
@@ -246,14 +255,14 @@ def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str, *,
     changed = saved.differences(cfg)
     if changed == ["workers"] and saved.world_size_independent:
         if finished:  # nothing to resume: its results are those of its own workers
-            click.echo(f"dotsim: {cfg.run_name} finished on {saved.workers} workers; "
-                       f"--workers {cfg.workers} changes nothing", err=True)
+            log.info(f"{cfg.run_name} finished on {saved.workers} workers; --workers "
+                     f"{cfg.workers} changes nothing")
             return
         exact = ("exactly, up to round-off" if saved.dropout == 0 else
                  "with other dropout masks (drawn per rank) but the same batches")
-        click.echo(f"dotsim: resuming {cfg.run_name} on {cfg.workers} workers (it ran on "
-                   f"{saved.workers}): its batches and {saved.variant} loss do not depend on "
-                   f"the world size, so it continues {exact}", err=True)
+        log.info(f"resuming {cfg.run_name} on {cfg.workers} workers (it ran on "
+                 f"{saved.workers}): its batches and {saved.variant} loss do not depend on "
+                 f"the world size, so it continues {exact}")
         return
     if changed:
         fields = ", ".join(f"{name} {getattr(saved, name)!r} -> {getattr(cfg, name)!r}"
@@ -343,7 +352,7 @@ def _progress_printer(cfg: RunConfig, enabled: bool):
                 if done.is_set():
                     return
                 continue
-            click.echo(progress_line(cfg.run_name, cfg.epochs, metrics), err=True)
+            progress.info(epoch_line(cfg.run_name, cfg.epochs, metrics))
 
     thread = threading.Thread(target=pump, name="dotsim-progress", daemon=True)
     thread.start()
@@ -353,16 +362,3 @@ def _progress_printer(cfg: RunConfig, enabled: bool):
         done.set()
         thread.join()
         queue.shutdown()
-
-
-def progress_line(run_name: str, epochs: int, m: dict) -> str:
-    line = (f"[{run_name}] epoch {m['epoch']}/{epochs} "
-            f"loss {m['train_loss']:.4f} (ce {m['train_ce']:.3f} lpc {m['train_lpc']:.3f} "
-            f"shuf {m['train_shuffled']:.3f}) val_acc {m['val_acc']:.3f} "
-            f"cos_rec {m['val_cos_rec']:.3f} {m['samples_per_second']:.0f} samples/s "
-            f"{m['epoch_seconds']:.1f}s")
-    if "test_acc" in m:
-        line += (f" | test_acc {m['test_acc']:.3f} probes: word<-formant "
-                 f"{m['probe_word_from_formant']:.3f} speaker<-residual "
-                 f"{m['probe_speaker_from_residual']:.3f}")
-    return line

@@ -8,6 +8,8 @@ in this process. The folder is published atomically (``PreparedWriter``).
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from orchestrator.plan import check_address
+from workers import storage
 from workers.corpus import (
     Chunk,
     FeatureSettings,
@@ -22,10 +26,13 @@ from workers.corpus import (
     speech_commands_chunks,
     synthetic_chunks,
 )
-from workers.data import PreparedWriter, read_meta
+from workers.prepared import PreparedWriter, read_meta
 
 CHUNK_CLIPS = 256
 SYNTHETIC_VERSION = 1  # bump when the synthesizer's output changes
+RAY_ABOVE_CLIPS = 2000  # a source larger than this is prepared over Ray by default
+
+log = logging.getLogger("dotsim")
 
 
 def default_cache() -> Path:
@@ -38,12 +45,34 @@ def synthetic_cache(seed: int = 0) -> Path:
     return default_cache() / f"synthetic-v{SYNTHETIC_VERSION}-seed{seed}"
 
 
+def prepare_data(source: Path | None, out: str, *, seed: int = 0, overwrite: bool = False,
+                 use_ray: bool | None = None, address: str | None = None) -> dict:
+    """What ``dotsim prepare`` does: checks first (the address, a bucket's parent), then
+    ``prepare`` in this process or over Ray (by default: with an address, or for a
+    source of more than RAY_ABOVE_CLIPS clips)."""
+    from orchestrator.launch import ray_session
+
+    check_address(address)
+    if storage.is_uri(out):  # an unusable bucket fails now, not after the features
+        storage.check_writable(storage.parent(out))
+    if use_ray is None:
+        use_ray = bool(address) or _count_wavs(source) > RAY_ABOVE_CLIPS
+    with ray_session(address) if use_ray else contextlib.nullcontext():
+        return prepare(source, out, seed=seed, overwrite=overwrite, use_ray=use_ray)
+
+
+def _count_wavs(source) -> int:
+    if source is None or not Path(source).is_dir():
+        return 0
+    return sum(1 for _ in Path(source).glob("*/*.wav"))
+
+
 def prepare(source: Path | None, out: Path, *, seed: int = 0, overwrite: bool = False,
             use_ray: bool = False, progress: bool = True,
             settings: FeatureSettings | None = None, corpus_sizes: dict | None = None) -> dict:
     """Prepare ``source`` (a Speech Commands folder; None: the synthetic corpus) into ``out``.
 
-    Returns the summary: output path, clips per split, labels. Raises ``ValueError`` with
+    Returns the summary: output path, clips per split, labels. Raises ``InputError`` with
     a one-line message on a bad source (including a clip that cannot be read).
     ``corpus_sizes`` shrinks the synthetic corpus (``synth.make_corpus`` arguments).
     """
@@ -60,10 +89,9 @@ def prepare(source: Path | None, out: Path, *, seed: int = 0, overwrite: bool = 
             labels, chunks = speech_commands_chunks(Path(source), size=CHUNK_CLIPS)
             origin = {"source": str(Path(source).resolve())}
         results = _run_ray(chunks, settings) if use_ray else _run_local(chunks, settings)
-        with _progress(len(chunks), progress) as bar:
-            for chunk, features in results:
+        with _progress(results, len(chunks), progress) as done:
+            for chunk, features in done:
                 writer.write(chunk.split, features, chunk.labels, chunk.speakers, chunk.clips)
-                bar.update(1)
         path = writer.commit({**settings.to_meta(), "labels": labels, **origin})
     except BaseException:
         writer.abort()
@@ -75,7 +103,7 @@ def ensure_synthetic(seed: int = 0, *, use_ray: bool = False, progress: bool = T
     """The synthetic corpus's cache folder, prepared on first use and reused after."""
     path = synthetic_cache(seed)
     if not (path / "meta.json").is_file():
-        click.echo(f"Preparing the synthetic corpus once into {path} ...", err=True)
+        log.info(f"Preparing the synthetic corpus once into {path} ...")
         prepare(None, path, seed=seed, overwrite=True, use_ray=use_ray, progress=progress)
     read_meta(path)
     return path
@@ -106,19 +134,8 @@ def _run_ray(chunks: list[Chunk], settings, in_flight: int | None = None):
         yield done, ray.get(ref)
 
 
-class _Quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    """A progress bar on a terminal (stderr), nothing otherwise."""
+def _progress(items, total: int, enabled: bool):
+    """``items`` with a progress bar on a terminal (stderr), as they are otherwise."""
     if enabled and sys.stderr.isatty():
-        return click.progressbar(length=total, label="prepare", file=sys.stderr)
-    return _Quiet()
+        return click.progressbar(items, length=total, label="prepare", file=sys.stderr)
+    return contextlib.nullcontext(items)

@@ -18,10 +18,9 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from orchestrator import stats
-from orchestrator.sweep import RESULTS_FILE, read_definition
+from orchestrator.results import load_results, read_definition
 from workers import storage
 from workers.errors import InputError
 from workers.metrics import (
@@ -52,14 +51,6 @@ DIFFERENCE_OF_INTEREST = 0.01
 ROUND_OFF = 1e-3  # a world size whose curve stays this close to world size 1 "stays put"
 LEFT_OUT = {"ERROR": "failed", "STOPPED": "stopped early by the scheduler",
             "UNFINISHED": "unfinished"}
-
-
-def load_results(sweep_dir: str) -> pd.DataFrame:
-    read_definition(sweep_dir)
-    path = storage.join(sweep_dir, RESULTS_FILE)
-    if not storage.exists(path):
-        raise InputError(f"{sweep_dir} has no {RESULTS_FILE} yet; run or resume the sweep")
-    return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
 
 
 def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
@@ -235,6 +226,16 @@ def build_report(sweep_dir: str, baseline: str | None = None) -> dict:
     return report
 
 
+def make(sweep_dir: str, baseline: str | None = None, with_plots: bool = True) -> dict:
+    """The report of a sweep, with its plots written beside the results."""
+    result = build_report(sweep_dir, baseline=baseline)
+    if with_plots:
+        result["plot"] = plot(result)
+        if sessions := plot_sessions(result):
+            result["sessions_plot"] = sessions
+    return result
+
+
 # --- output --------------------------------------------------------------------------
 
 
@@ -349,28 +350,48 @@ def _grid(grid: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in grid.items()) or "-"
 
 
-def plot(sweep_dir: str) -> str:
-    """comparison.png: validation accuracy and raw cosines per variant, mean with a
-    min-max band over seeds."""
+def colours(report: dict) -> dict[str, str]:
+    """One colour per variant (and grid point) for every plot of a report, in the
+    report's order of variants; the log-mel baseline is grey."""
+    labels = list(dict.fromkeys(_label(v["variant"], v["grid"]) for v in report["variants"]
+                                if v["variant"] != LOGMEL_BASELINE))
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)} | {LOGMEL_BASELINE: "0.4"}
+
+
+def _label(variant: str, grid: dict) -> str:
+    return variant + (f" {_grid(grid)}" if grid else "")
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def comparison_figure(frame: pd.DataFrame, colour: dict[str, str]):
+    """Validation accuracy and raw cosines per variant, mean with a min-max band over
+    seeds; world sizes of a study told apart by their markers."""
     from matplotlib.ticker import MaxNLocator
 
-    frame = load_results(sweep_dir).dropna(subset=["epoch"])
+    plt = _pyplot()
+    frame = frame.dropna(subset=["epoch"])
     fig, (ax_acc, ax_cos) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    groups = frame.groupby(["variant", "grid", "workers"])
-    for index, ((variant, grid, workers), group) in enumerate(groups):
-        color = f"C{index % 10}"  # one colour per variant in both panels
-        label = variant + (f" {_grid(json.loads(grid))}" if grid != "{}" else "")
-        if frame["workers"].nunique() > 1:
+    studies = frame["workers"].nunique() > 1
+    sizes = sorted(frame["workers"].unique())
+    for (variant, grid, workers), group in frame.groupby(["variant", "grid", "workers"]):
+        label = _label(variant, json.loads(grid))
+        color = colour.get(label, "k")
+        marker = "osD^v<>"[sizes.index(workers) % 7] if studies else None
+        if studies:
             label += f" ws={workers}"
         by_epoch = group.groupby("epoch")
         for ax, metric, style in ((ax_acc, "val_acc", "-"), (ax_cos, "train_cos_rec", "-"),
                                   (ax_cos, "train_cos_shuffled", "--")):
             mean = by_epoch[metric].mean()
-            ax.plot(mean.index, mean.values, style, color=color,
+            ax.plot(mean.index, mean.values, style, color=color, marker=marker,
                     label=label if metric == "val_acc" else None)
             ax.fill_between(mean.index, by_epoch[metric].min(), by_epoch[metric].max(),
                             color=color, alpha=0.15)
@@ -382,22 +403,16 @@ def plot(sweep_dir: str) -> str:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(frame):
         ax_acc.legend(fontsize=8)
-    return _save(fig, storage.join(sweep_dir, "comparison.png"))
+    return fig
 
 
-def plot_sessions(report: dict) -> str | None:
-    """sessions.png: accuracy after each session, one line per variant with its 95%
-    t band over seeds, and the plain log-mel baseline dashed (FSKIL only)."""
-    if not report.get("sessions"):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def sessions_figure(report: dict, colour: dict[str, str]):
+    """Accuracy after each session, one line per variant with its 95% t band over seeds,
+    and the plain log-mel baseline dashed (FSKIL only)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for index, v in enumerate(report["sessions"]):
-        baseline = v["variant"].startswith("log-mel")
+    for v in report["sessions"]:
+        baseline = v["variant"] == LOGMEL_BASELINE
         points = [(s["session"], s["overall"]) for s in v["sessions"]
                   if s["overall"]["mean"] is not None]
         if not points:
@@ -405,8 +420,8 @@ def plot_sessions(report: dict) -> str | None:
         x = np.array([p[0] for p in points])
         mean = np.array([p[1]["mean"] for p in points])
         half = np.array([p[1]["ci95"] or 0.0 for p in points])
-        color = "0.4" if baseline else f"C{index % 10}"
-        label = v["variant"] + (f" {_grid(v['grid'])}" if v["grid"] else "")
+        label = _label(v["variant"], v["grid"])
+        color = colour[LOGMEL_BASELINE] if baseline else colour.get(label, "k")
         ax.plot(x, mean, "--" if baseline else "-o", color=color, label=label)
         ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.15)
     ax.set(title="FSKIL: accuracy on all words seen so far", xlabel="session",
@@ -414,7 +429,21 @@ def plot_sessions(report: dict) -> str | None:
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, storage.join(report["sweep"], "sessions.png"))
+    return fig
+
+
+def plot(report: dict) -> str:
+    """comparison.png beside the results (``comparison_figure``)."""
+    figure = comparison_figure(load_results(report["sweep"]), colours(report))
+    return _save(figure, storage.join(report["sweep"], "comparison.png"))
+
+
+def plot_sessions(report: dict) -> str | None:
+    """sessions.png beside the results under FSKIL (``sessions_figure``), else None."""
+    if not report.get("sessions"):
+        return None
+    figure = sessions_figure(report, colours(report))
+    return _save(figure, storage.join(report["sweep"], "sessions.png"))
 
 
 def _save(fig, location: str) -> str:

@@ -1,4 +1,4 @@
-"""``dotsim submit``: the same CLI, sent to a cluster as a Ray Job."""
+"""``dotsim submit`` and ``dotsim job``: the same CLI, sent to a cluster as a Ray Job."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from orchestrator.auth import ray_auth_token
 from orchestrator.versions import CODE_VERSION_ENV, code_version
 from workers.errors import InputError
 
-# Not uploaded with the working directory: environments, caches, data, results.
-EXCLUDES = [".venv", ".git", "__pycache__", "*.parquet", "*.egg-info", ".pytest_cache",
-            ".ruff_cache", ".hypothesis", "data", "results"]
+# Not uploaded with the working directory: what .gitignore lists (Ray's upload honours it,
+# as the cluster's rsync does: one list for both), and git's own folder.
+EXCLUDES = [".git"]
 
 
 def auth_headers() -> dict[str, str]:
@@ -42,22 +42,26 @@ def submit(address: str | None, args: list[str], *,
         raise InputError("nothing to submit: add the dotsim command after --, e.g. "
                          "dotsim submit -- train --epochs 3")
     jobs = client(address)
-    runtime_env = None
-    if working_dir:
-        # .git stays here: the job's run records get the commit of the source sent
-        runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES,
-                       "env_vars": {CODE_VERSION_ENV: code_version()}}
     return jobs, _submit_when_ready(jobs, entrypoint="dotsim " + shlex.join(args),
-                                    runtime_env=runtime_env)
+                                    runtime_env=runtime_env(working_dir))
+
+
+def runtime_env(working_dir: str | None) -> dict | None:
+    """The job's runtime environment: ``working_dir`` uploaded (less EXCLUDES and what its
+    .gitignore lists), and the commit it holds, since .git stays here."""
+    if not working_dir:
+        return None
+    return {"working_dir": working_dir, "excludes": EXCLUDES,
+            "env_vars": {CODE_VERSION_ENV: code_version()}}
 
 
 def job_commands(job_id: str, address: str | None) -> str:
     """The lines that say how to follow, inspect and stop a submitted job."""
     where = f" --address {shlex.quote(address)}" if address else ""
     return "\n".join([f"Job {job_id} submitted.",
-                      f"  status: dotsim submit{where} status {job_id}",
-                      f"  logs:   dotsim submit{where} logs {job_id}",
-                      f"  stop:   dotsim submit{where} stop {job_id}"])
+                      f"  status: dotsim job status {job_id}{where}",
+                      f"  logs:   dotsim job logs {job_id}{where}",
+                      f"  stop:   dotsim job stop {job_id}{where}"])
 
 
 def _submit_when_ready(jobs: JobSubmissionClient, *, attempts: int = 30, pause_s: float = 2.0,

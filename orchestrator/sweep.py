@@ -2,47 +2,49 @@
 
 Each trial is a Tune function that runs ``launch`` (the same path as ``dotsim train``)
 with ``TuneReportCallback``, which forwards every epoch's metrics to Tune (Ray 2.60,
-Train V2: a Tuner no longer takes a Trainer). The Train run of a trial is named after the
-trial's fields, so a restored sweep finds each trial's checkpoints and continues it.
+Train V2: a Tuner takes no Trainer). The Train run of a trial is named after the
+trial's fields, so a restored sweep finds each trial's checkpoints and continues it. The
+sweep folder's files and the trial outcomes are described in ``orchestrator.results``.
 
-Sweep folder::
-
-    sweep.json        the sweep's definition (base config, trials, study)
-    tune/             Tune's state (Tuner.restore) and TensorBoard event files per trial
-    runs/<trial>/     each trial's Ray Train run (checkpoints with the epoch history)
-    results.parquet   one row per trial and epoch: variant fields, seed, status, metrics
-
-A trial ends FINISHED (every epoch and the final metrics), STOPPED (ended early by the
-ASHA scheduler), ERROR (its run failed; the error's last line is kept) or UNFINISHED
-(interrupted). Every trial has rows in results.parquet, whatever its status.
+    sweep = orchestrator.plan.plan_sweep(RunConfig(epochs=3), variants=["cosine"], seeds=2)
+    outcomes = start(sweep)                # what `dotsim sweep` does before its report
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import io
 import logging
-import math
-import sys
-from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray import tune
 
 from orchestrator.cluster import HEAD_RESOURCE
-from orchestrator.launch import quiet, run_history
-from orchestrator.variants import grid_point, trial_name
+from orchestrator.launch import quiet, ray_session, run_history
+from orchestrator.plan import SCHEDULERS, SweepPlan, concurrency, fit_study, local_cpus
+from orchestrator.progress import SweepProgress, plan_line
+from orchestrator.results import (
+    RESULTS_FILE,
+    RUNS_NAME,
+    SWEEP_FILE,
+    TUNE_NAME,
+    TrialOutcome,
+    read_definition,
+    write_results,
+)
+from orchestrator.variants import trial_name
 from workers import storage
 from workers.config import RunConfig
-from workers.errors import InputError
-from workers.metrics import FSKIL_DETAIL, SELECTION_METRIC, SELECTION_MODE, is_finished
+from workers.errors import InputError, Interrupted, Reported
+from workers.metrics import (
+    FSKIL_DETAIL,
+    SELECTION_METRIC,
+    SELECTION_MODE,
+    comparison_metrics,
+    is_finished,
+)
 
-SWEEP_FILE = "sweep.json"
-RESULTS_FILE = "results.parquet"
-TUNE_NAME = "tune"
-STATUSES = ("FINISHED", "STOPPED", "ERROR", "UNFINISHED")
+log = logging.getLogger("dotsim")
 
 
 # --- running -------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def _run_trial(config: dict) -> None:
 def _trial_config(base: dict, trial: dict, sweep_dir: str) -> RunConfig:
     cfg = RunConfig.from_dict({**base, **trial})
     return cfg.replace(run_name=trial_name(cfg, trial),
-                       storage_path=storage.join(sweep_dir, "runs"))
+                       storage_path=storage.join(sweep_dir, RUNS_NAME))
 
 
 def trial_resources() -> dict[str, float]:
@@ -80,50 +82,74 @@ def trial_resources() -> dict[str, float]:
     return resources
 
 
-def concurrency(base: RunConfig, trials: list[dict], max_concurrent: int | None,
-                elastic: bool = False) -> int:
-    """Trials at once such that every trial's Train workers can be placed: Tune does
-    not count them, so too many trials would wait on each other until Ray Train gives up.
-    A fixed-size cluster refuses a ``max_concurrent`` it cannot place. On an ``elastic``
-    cluster (one behind --address, which may autoscale) the nodes may not be there yet:
-    ``max_concurrent`` is taken as given, else as many as fit now (at least 1)."""
-    cpus = ray.cluster_resources().get("CPU", 1)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    widest = max(t.get("workers", base.workers) for t in trials)
-    fits = math.floor(cpus / (widest * base.cpus_per_worker) + 1e-9)
-    if base.gpu:
-        fits = min(fits, math.floor(gpus / widest))
-    if elastic:
-        return max(1, min(max_concurrent or max(fits, 1), len(trials)))
-    need = f"{widest} workers x {base.cpus_per_worker} CPUs" + (
-        f" and {widest} GPUs" if base.gpu else "")
-    have = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if base.gpu else "")
-    if fits < 1:
-        raise InputError(f"one trial needs {need}, the cluster has {have}: lower --workers or "
-                         "--cpus-per-worker")
-    if max_concurrent and max_concurrent > fits:
-        raise InputError(f"--max-concurrent {max_concurrent} cannot be placed: a trial needs "
-                         f"{need} and the cluster has {have}, room for {fits} at once")
-    return min(max_concurrent or fits, len(trials))
+def start(plan: SweepPlan, *, address: str | None = None,
+          dashboard: bool = False) -> list[TrialOutcome]:
+    """Connect to ``address`` (or start a local Ray) and run ``plan`` to the end."""
+    with ray_session(address, num_cpus=local_cpus(plan.base), dashboard=dashboard):
+        # a cluster behind --address may autoscale: its resources now are not its limit
+        return run_sweep(plan, elastic=bool(address))
 
 
-def build_tuner(sweep_dir: str, base: RunConfig, trials: list[dict], *, scheduler: str,
-                max_concurrent: int | None, elastic: bool = False) -> tune.Tuner:
+def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
+    """Start the sweep of ``plan`` in its folder (Ray connected) and run it to the end;
+    returns every trial's outcome (results.parquet is written). Raises
+    ``SweepInterrupted`` or ``SweepFailed`` after writing the results when trials are
+    left over or failed."""
+    if storage.exists(storage.join(plan.folder, SWEEP_FILE)):
+        raise InputError(f"{plan.folder} already holds a sweep; pass --resume to continue it "
+                         "or choose another --name")
+    plan = fit_study(plan, ray.cluster_resources())
+    at_once = concurrency(plan.base, plan.trials, ray.cluster_resources(),
+                          plan.max_concurrent, elastic=elastic)
+    tuner = build_tuner(plan, at_once)
+    storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
+    log.info(plan_line(len(plan.trials), at_once, plan.folder))
+    return _fit(tuner, plan.folder)
+
+
+def resume(sweep_dir: str, *, address: str | None = None,
+           dashboard: bool = False) -> list[TrialOutcome]:
+    """Connect and continue the sweep in ``sweep_dir`` as it was defined."""
+    storage.check_reachable(sweep_dir)
+    base = RunConfig.from_dict(read_definition(sweep_dir)["base"])
+    with ray_session(address, num_cpus=local_cpus(base), dashboard=dashboard):
+        return resume_sweep(sweep_dir)
+
+
+def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
+    """Continue a sweep (Ray connected): finished trials stay; unfinished and errored
+    ones continue from their last checkpoint (their Train run names are stable)."""
+    sweep_dir = storage.resolve(sweep_dir)
+    read_definition(sweep_dir)  # a clear error for a folder that is not a sweep
+    tune_dir = storage.join(sweep_dir, TUNE_NAME)
+    if not tune.Tuner.can_restore(tune_dir):
+        raise InputError(f"{tune_dir} holds no Tune state to resume; start the sweep again")
+    tuner = tune.Tuner.restore(tune_dir, tune.with_resources(_run_trial, trial_resources()),
+                               resume_unfinished=True, resume_errored=True)
+    log.info(f"Resuming the sweep in {sweep_dir}")
+    return _fit(tuner, sweep_dir)
+
+
+def build_tuner(plan: SweepPlan, at_once: int) -> tune.Tuner:
+    """The Tuner of ``plan``, ``at_once`` trials at a time, with the progress lines."""
     trainable = tune.with_resources(_run_trial, trial_resources())
+    progress = SweepProgress(total=len(plan.trials), epochs=plan.base.epochs,
+                             metric=comparison_metrics(plan.base.protocol)[0],
+                             concurrency=at_once, name=_dirname)
     return tune.Tuner(
         trainable,
-        param_space={"base": base.to_dict(), "sweep_dir": sweep_dir,
-                     "trial": tune.grid_search(trials)},
+        param_space={"base": plan.base.to_dict(), "sweep_dir": plan.folder,
+                     "trial": tune.grid_search(plan.trials)},
         tune_config=tune.TuneConfig(
-            metric=SELECTION_METRIC, mode=SELECTION_MODE, scheduler=_scheduler(scheduler, base),
-            max_concurrent_trials=concurrency(base, trials, max_concurrent, elastic),
+            metric=SELECTION_METRIC, mode=SELECTION_MODE,
+            scheduler=_scheduler(plan.scheduler, plan.base), max_concurrent_trials=at_once,
             trial_dirname_creator=_dirname, trial_name_creator=_dirname,
         ),
         # max_failures=0: a trial whose Train run failed (after its own restarts) is an
         # ERROR at once, reported and re-run by --resume, not silently retried
-        run_config=tune.RunConfig(name=TUNE_NAME, storage_path=sweep_dir,
+        run_config=tune.RunConfig(name=TUNE_NAME, storage_path=plan.folder,
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  verbose=0),
+                                  callbacks=[progress], verbose=0),
     )
 
 
@@ -140,41 +166,10 @@ def _scheduler(name: str, base: RunConfig):
         # exploratory grids only: stopped trials are marked and left out of comparisons
         return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=base.epochs,
                                              grace_period=max(1, base.epochs // 4))
-    raise InputError(f"unknown scheduler {name!r}; allowed: fifo, asha")
+    raise InputError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
 
 
-def run_sweep(sweep_dir: str, base: RunConfig, trials: list[dict], *, scheduler: str = "fifo",
-              max_concurrent: int | None = None, study: str | None = None,
-              elastic: bool = False) -> list[TrialOutcome]:
-    """Start a new sweep in ``sweep_dir`` and run it to the end; returns every trial's
-    outcome (results.parquet is written). Raises ``SweepInterrupted`` or ``SweepFailed``
-    after writing the results when trials are left over or failed."""
-    sweep_dir = storage.resolve(sweep_dir)
-    if storage.exists(storage.join(sweep_dir, SWEEP_FILE)):
-        raise InputError(f"{sweep_dir} already holds a sweep; pass --resume to continue it "
-                         "or choose another --name")
-    definition = {"base": base.to_dict(), "trials": trials, "scheduler": scheduler,
-                  "max_concurrent": max_concurrent, "study": study}
-    tuner = build_tuner(sweep_dir, base, trials, scheduler=scheduler,
-                        max_concurrent=max_concurrent, elastic=elastic)
-    storage.write_json(storage.join(sweep_dir, SWEEP_FILE), definition)
-    return _fit(tuner, sweep_dir)
-
-
-def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
-    """Continue a sweep: finished trials stay; unfinished and errored ones continue from
-    their last checkpoint (their Train run names are stable)."""
-    sweep_dir = storage.resolve(sweep_dir)
-    read_definition(sweep_dir)  # a clear error for a folder that is not a sweep
-    tune_dir = storage.join(sweep_dir, TUNE_NAME)
-    if not tune.Tuner.can_restore(tune_dir):
-        raise InputError(f"{tune_dir} holds no Tune state to resume; start the sweep again")
-    tuner = tune.Tuner.restore(tune_dir, tune.with_resources(_run_trial, trial_resources()),
-                               resume_unfinished=True, resume_errored=True)
-    return _fit(tuner, sweep_dir)
-
-
-class SweepInterrupted(Exception):
+class SweepInterrupted(Interrupted):
     """The sweep stopped before every trial ended (Ctrl-C); it can be resumed. ``trials``:
     those that had failed by then."""
 
@@ -183,7 +178,7 @@ class SweepInterrupted(Exception):
         self.trials = trials
 
 
-class SweepFailed(Exception):
+class SweepFailed(Reported):
     """Some trials failed; everything else is written, and --resume re-runs them."""
 
     def __init__(self, message: str, trials: list[TrialOutcome]):
@@ -191,10 +186,15 @@ class SweepFailed(Exception):
         self.trials = trials
 
 
+def failure_lines(trials: list[TrialOutcome]) -> list[str]:
+    """One line per failed trial: its name and its error's last line."""
+    return [f"trial {o.name} failed: {o.error}" for o in trials]
+
+
 def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
     """Run the Tuner (Tune stops gracefully on SIGINT, saving its state first); write
     results.parquet; then say what did not finish."""
-    with _tune_output_to_stderr():
+    with _tune_output_silenced():
         tuner.fit()
     outcomes = trial_outcomes(sweep_dir)
     write_results(sweep_dir, outcomes)
@@ -211,29 +211,14 @@ def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
     return outcomes
 
 
-def _tune_output_to_stderr():
-    """Tune prints its progress tables on stdout; stdout is for results (--json)."""
-    return contextlib.redirect_stdout(sys.stderr)
+def _tune_output_silenced():
+    """Tune prints on stdout even at verbose=0, among it a TensorBoard hint that names
+    Ray's session folder rather than the sweep folder where the curves are. stdout is for
+    results (--json); the sweep's own progress lines (SweepProgress) say what is needed."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
-def read_definition(sweep_dir: str) -> dict:
-    path = storage.join(sweep_dir, SWEEP_FILE)
-    if not storage.exists(path):
-        raise InputError(f"{sweep_dir} is not a dotsim sweep folder (no {SWEEP_FILE})")
-    return storage.read_json(path)
-
-
-# --- outcomes and results -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    name: str
-    cfg: RunConfig
-    trial: dict  # the trial's own fields (variant, seed, grid values)
-    status: str  # one of STATUSES
-    error: str | None  # the last line of the trial's error, when it failed
-    history: list[dict]
+# --- outcomes ------------------------------------------------------------------------
 
 
 def trial_outcomes(sweep_dir: str) -> list[TrialOutcome]:
@@ -294,25 +279,3 @@ def last_line(text) -> str | None:
     """The last non-empty line of an error's text (where Python names the exception)."""
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
     return lines[-1] if lines else None
-
-
-def write_results(sweep_dir: str, outcomes: list[TrialOutcome]) -> str:
-    """results.parquet: one row per trial and epoch (one row with no epoch for a trial
-    that has none), tagged with the variant fields, seed, grid point, status and error."""
-    rows = []
-    for o in outcomes:
-        tags = {"trial": o.name, "variant": o.cfg.variant, "similarity": o.cfg.similarity,
-                "norm": o.cfg.norm, "scope": o.cfg.scope, "detach_stats": o.cfg.detach_stats,
-                "seed": o.cfg.seed, "workers": o.cfg.workers, "epochs": o.cfg.epochs,
-                "grid": json.dumps(grid_point(o.cfg, o.trial)), "status": o.status,
-                "error": o.error}
-        epochs = [{k: v for k, v in epoch.items() if k != FSKIL_DETAIL} for epoch in o.history]
-        rows += [{**tags, **epoch} for epoch in epochs] or [{**tags, "epoch": None}]
-    # the last epoch adds the final metrics: every column must be in every row (None else)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
-    path = storage.join(sweep_dir, RESULTS_FILE)
-    storage.write_bytes(path, buffer.getvalue().to_pybytes())
-    return path

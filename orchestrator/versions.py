@@ -12,13 +12,13 @@ PACKAGES = ("dotsim", "torch", "torchaudio", "ray", "pyarrow", "numpy", "click",
 CODE_VERSION_ENV = "DOTSIM_CODE_VERSION"  # set by `dotsim submit` for the job it sends
 
 
-def code_version() -> str:
-    """The git commit of the dotsim source (with -dirty), or the package version. A job
-    from ``dotsim submit`` carries the commit of the checkout it was sent from (the
-    upload leaves .git out)."""
+def code_version(source: Path | None = None) -> str:
+    """The git commit of the dotsim source (with -dirty), or the package version outside
+    a checkout. A job from ``dotsim submit`` carries the commit of the checkout it was
+    sent from (the upload leaves .git out). ``source``: the folder to ask (this file's)."""
     if os.environ.get(CODE_VERSION_ENV):
         return os.environ[CODE_VERSION_ENV]
-    here = Path(__file__).resolve().parent
+    here = source or Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
                                 cwd=here, capture_output=True, text=True, timeout=5, check=True)

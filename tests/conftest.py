@@ -11,12 +11,22 @@ import pytest
 # spawned children, which inherit sys.path.
 sys.path.insert(0, str(Path(__file__).parent))
 
-# The node's copies of prepared data (workers.data.node_cache) for this test session: set
+# The node's copies of prepared data (workers.node_cache) for this test session: set
 # before any Ray starts, so its workers and every subprocess inherit it (a spawned child
 # that imports this file keeps its parent's).
 if "DOTSIM_NODE_CACHE" not in os.environ:
     os.environ["DOTSIM_NODE_CACHE"] = tempfile.mkdtemp(prefix="dotsim-node-cache-")
     atexit.register(shutil.rmtree, os.environ["DOTSIM_NODE_CACHE"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier (-m "not slow") must not start Ray: a test that does is marked slow."""
+    unmarked = [item.nodeid for item in items
+                if ("ray_local" in getattr(item, "fixturenames", ())
+                    or item.get_closest_marker("ray")) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("tests that start Ray must be marked slow: "
+                                + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""Faults the tests inject from outside the production code: a training step that feeds
-NaN to one rank or fails (the training loop takes the step function as a parameter), and a kill of
-a Ray Train worker process (found by its process title, as an operator would)."""
+"""Faults the tests inject from outside the production code: a training step that fails
+(the training loop takes the step function as a parameter), and a kill of a Ray Train
+worker process (found by its process title, as an operator would)."""
 
 import functools
 import sys
@@ -8,27 +8,12 @@ import threading
 import time
 
 import psutil
-import torch
 from ray import cloudpickle
 
 from workers.train import train_loop_per_worker, train_step
 
 # Ray workers cannot import this test-only module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def _nan_step(at, model, optimizer, batch, cfg, ctx, where, **kwargs):
-    if (ctx.rank, *where) == at:
-        speech, *rest = batch.features
-        batch = batch.replace(features=(torch.full_like(speech, float("nan")), *rest))
-    return train_step(model, optimizer, batch, cfg, ctx, where, **kwargs)
-
-
-def nan_loop(rank: int, epoch: int, step: int):
-    """The training loop, with NaN speech features in ``rank``'s batch at (epoch, step),
-    both 0-based."""
-    return functools.partial(train_loop_per_worker,
-                             step=functools.partial(_nan_step, (rank, epoch, step)))
 
 
 def _failing_step(at_epoch, model, optimizer, batch, cfg, ctx, where, **kwargs):

@@ -1,4 +1,4 @@
-"""Naive references for the loss, written straight from DESIGN.md's formulas.
+"""Naive references for the loss, written straight from docs/design.md's formulas ("The loss").
 
 Deliberately loop-based and independent of ``losses``: per-sample Python arithmetic on
 tensors (so autograd still gives the reference gradient), no shared helpers.

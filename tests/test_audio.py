@@ -13,9 +13,9 @@ import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers import audio, burg
+from workers import audio, burg, constants
 
-FRAME = audio.HOP + audio.LPC_ORDER  # 180 samples: 160 new + 20 of history
+FRAME = constants.HOP + constants.LPC_ORDER  # 180 samples: 160 new + 20 of history
 
 
 # --------------------------------------------------------------------------------------
@@ -42,10 +42,10 @@ def _speech_like(rng, rows, n=FRAME) -> np.ndarray:
     warmup = 400
     for i in range(rows):
         freqs = np.sort(rng.uniform(250, 3800, 4))
-        radii = np.exp(-np.pi * rng.uniform(60, 250, 4) / audio.SAMPLE_RATE)
-        a = _poles_to_filter(radii, 2 * np.pi * freqs / audio.SAMPLE_RATE)
+        radii = np.exp(-np.pi * rng.uniform(60, 250, 4) / constants.SAMPLE_RATE)
+        a = _poles_to_filter(radii, 2 * np.pi * freqs / constants.SAMPLE_RATE)
         source = np.zeros(n + warmup)
-        source[rng.integers(0, 40):: int(audio.SAMPLE_RATE / rng.uniform(90, 260))] = 1.0
+        source[rng.integers(0, 40):: int(constants.SAMPLE_RATE / rng.uniform(90, 260))] = 1.0
         source += 0.05 * rng.standard_normal(n + warmup)
         out[i] = scipy.signal.lfilter([1.0], a, source)[warmup:]
     # A recording's noise floor, 60 dB down.
@@ -234,7 +234,7 @@ def test_frame_residual_is_lfilter_with_the_frame_history():
     got = audio.frame_residual(torch.from_numpy(x), a).numpy()
     want = np.stack([scipy.signal.lfilter(ai, [1.0], xi)[20:]
                      for ai, xi in zip(a.numpy(), x, strict=True)])
-    assert got.shape == (8, audio.HOP)
+    assert got.shape == (8, constants.HOP)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(x).max())
     # float32: e is a small difference of terms up to |a|_1 max|x|, each rounded.
     got32 = audio.frame_residual(torch.from_numpy(x).float(), a.float()).numpy()
@@ -275,7 +275,7 @@ def test_frames_carry_the_previous_order_samples_as_history():
 def test_ar_process_lpc_recovers_the_filter_and_the_excitation():
     rng = np.random.default_rng(3)
     a_true = _poles_to_filter([0.97, 0.95, 0.9], [0.25, 0.9, 2.0])  # order 6
-    e = 0.01 * rng.standard_normal(4 * audio.CLIP_SAMPLES + 2000)
+    e = 0.01 * rng.standard_normal(4 * constants.CLIP_SAMPLES + 2000)
     x = scipy.signal.lfilter([1.0], a_true, e)[2000:]
     e = e[2000:]
     # One long frame (4 s): Burg finds the filter, and nothing beyond its order.
@@ -283,7 +283,7 @@ def test_ar_process_lpc_recovers_the_filter_and_the_excitation():
     a = audio.lpc(torch.from_numpy(x), 10).numpy()
     np.testing.assert_allclose(a[:7], a_true, atol=0.05)
     assert np.abs(a[7:]).max() < 0.05
-    x, e = x[: audio.CLIP_SAMPLES], e[: audio.CLIP_SAMPLES]
+    x, e = x[: constants.CLIP_SAMPLES], e[: constants.CLIP_SAMPLES]
     # 180-sample frames at order 20: the joined residual is the excitation, in energy
     # (fitting 20 coefficients to 180 samples removes about 20/180 of it), and far below
     # the signal.
@@ -300,7 +300,7 @@ def test_formant_envelope_is_on_the_speech_scale():
     # on average up to the log-of-a-mean vs mean-of-logs bias.
     rng = np.random.default_rng(4)
     a_true = _poles_to_filter([0.97, 0.95, 0.9], [0.25, 0.9, 2.0])
-    x = _ar(rng, 4, audio.CLIP_SAMPLES, a_true, warmup=2000).astype(np.float32)
+    x = _ar(rng, 4, constants.CLIP_SAMPLES, a_true, warmup=2000).astype(np.float32)
     f = audio.extract_features(torch.from_numpy(x))
     gap = (f["formant"] - f["speech"])[:, 2:-2].mean((0, 1))  # per band
     assert gap.abs().max() < 0.5
@@ -312,7 +312,8 @@ def test_formant_envelope_is_on_the_speech_scale():
 def test_mel_filterbank_is_torchaudio_melscale():
     fb = audio.mel_filterbank()
     want = torchaudio.functional.melscale_fbanks(
-        audio.N_FFT // 2 + 1, 0.0, audio.SAMPLE_RATE / 2, audio.N_MELS, audio.SAMPLE_RATE)
+        constants.N_FFT // 2 + 1, 0.0, constants.SAMPLE_RATE / 2, constants.N_MELS,
+        constants.SAMPLE_RATE)
     torch.testing.assert_close(fb, want)
 
 
@@ -325,8 +326,8 @@ def burst_clips() -> torch.Tensor:
     """Two clips of faint noise with a loud noisy tone in samples [9600, 12800):
     frames 60..79 of the LPC analysis."""
     gen = torch.Generator().manual_seed(5)
-    waves = 1e-4 * torch.randn(2, audio.CLIP_SAMPLES, generator=gen)
-    t = torch.arange(3200) / audio.SAMPLE_RATE
+    waves = 1e-4 * torch.randn(2, constants.CLIP_SAMPLES, generator=gen)
+    t = torch.arange(3200) / constants.SAMPLE_RATE
     burst = 0.3 * torch.sin(2 * torch.pi * 440 * t) + 0.05 * torch.randn(3200, generator=gen)
     waves[:, 9600:12800] += burst
     return waves
@@ -350,7 +351,7 @@ def test_features_shapes_and_dtypes(burst_clips):
 def test_features_follow_extract_settings(burst_clips):
     f = audio.extract_features(burst_clips, n_mels=24, order=12, n_fft=512, hop=128)
     for value in f.values():
-        assert value.shape == (2, 1 + audio.CLIP_SAMPLES // 128, 24)
+        assert value.shape == (2, 1 + constants.CLIP_SAMPLES // 128, 24)
         assert torch.isfinite(value).all()
 
 
@@ -372,14 +373,14 @@ def test_a_burst_shows_up_in_the_same_frames_of_every_feature(burst_clips):
 
 
 def test_silence_gives_the_log_floor():
-    f = audio.extract_features(torch.zeros(1, audio.CLIP_SAMPLES))
+    f = audio.extract_features(torch.zeros(1, constants.CLIP_SAMPLES))
     for value in f.values():
         torch.testing.assert_close(value, torch.full_like(value, np.log(audio.LOG_FLOOR)))
 
 
 def test_extract_features_wants_a_batch_of_clips():
     with pytest.raises(ValueError, match="clips, samples"):
-        audio.extract_features(torch.zeros(audio.CLIP_SAMPLES))
+        audio.extract_features(torch.zeros(constants.CLIP_SAMPLES))
 
 
 # --------------------------------------------------------------------------------------

@@ -155,6 +155,11 @@ CASES = [
      "cannot load similarity"),
     ("--gpu without a GPU", _train("--gpu"), "no CUDA GPU"),
     ("unreachable --address", _train("--address", "127.0.0.1:9"), "cannot reach Ray"),
+    ("unreachable --address, no --data: nothing prepared first",
+     lambda tmp, sc, prep: ["train", "--address", "127.0.0.1:1"], "cannot reach Ray"),
+    ("unreachable --address of a sweep", lambda tmp, sc, prep: ["sweep", "--address",
+                                                                 "127.0.0.1:1"],
+     "cannot reach Ray"),
     ("cluster.yaml with a typo", _cluster_typo, "idle_timeout_minute"),
     ("report on a folder that is not a sweep", _not_a_sweep("report"),
      "not a dotsim sweep folder"),
@@ -182,7 +187,8 @@ CASES = [
 def test_bad_input(name, setup, expected, tmp_path, speech_commands, small_prepared, capsys,
                    monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name in ("RAY_ADDRESS", "DOTSIM_CACHE", "XDG_CACHE_HOME", "DOTSIM_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
     argv = setup(tmp_path, speech_commands, small_prepared)
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
@@ -197,6 +203,7 @@ def test_bad_input(name, setup, expected, tmp_path, speech_commands, small_prepa
     assert not (tmp_path / "out" / "meta.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "home").exists()  # no cache, results or token in HOME
 
 
 @pytest.mark.parametrize("variant", ["PCM_U8", "PCM_24", "PCM_32", "FLOAT", "8kHz", "stereo",

@@ -10,9 +10,8 @@ from click.testing import CliRunner
 from orchestrator.cli import cli, main
 from workers import synth
 
-COMMANDS = ["prepare", "train", "version"]
-
-
+COMMANDS = ["prepare", "train", "sweep", "report", "submit", "job", "job status", "job logs",
+            "job stop", "cluster", "version"]
 
 
 def _invoke_main(args, capsys):
@@ -22,9 +21,20 @@ def _invoke_main(args, capsys):
     return done.value.code, out, err
 
 
+def _all_commands(group, prefix=()):
+    for name, command in group.commands.items():
+        yield " ".join((*prefix, name))
+        if hasattr(command, "commands"):
+            yield from _all_commands(command, (*prefix, name))
+
+
+def test_the_list_below_is_every_command():
+    assert sorted(_all_commands(cli)) == sorted(COMMANDS)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command):
-    result = CliRunner().invoke(cli, [command, "--help"])
+    result = CliRunner().invoke(cli, [*command.split(), "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and f"dotsim {command}" in result.output
 
@@ -32,8 +42,32 @@ def test_every_command_has_help_with_an_example(command):
 def test_group_help_lists_commands():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in COMMANDS:
+    for command in {c.split()[0] for c in COMMANDS}:
         assert command in result.output
+
+
+def test_options_with_a_fixed_set_of_values_list_them():
+    text = CliRunner().invoke(cli, ["train", "--help"]).output
+    for values in ("[tiny|small|base|large]", "[minmax|meanstd]", "[local|global]",
+                   "[standard|fskil]", "[skip|stop]"):
+        assert values in text
+
+
+def test_report_loads_neither_torch_nor_ray_train(tmp_path):
+    """`dotsim report` is pandas and matplotlib work; torch and Ray Train take seconds and
+    memory to import, and a report machine may not have them working."""
+    from handmade import trial_rows, write_sweep
+
+    write_sweep(tmp_path, [*trial_rows("cosine", 0, 0.5), *trial_rows("dot:minmax:global",
+                                                                       0, 0.6)])
+    code = ("import sys\nfrom orchestrator.cli import main\ncode = 0\ntry:\n main(['report', "
+            "sys.argv[1]])\nexcept SystemExit as e:\n code = e.code\nprint('exit', code)\n"
+            "print(sorted(m for m in ('torch', 'ray.train', 'ray.tune', 'torchaudio') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True)
+    assert done.stdout.splitlines()[-2:] == ["exit 0", "[]"], done.stderr[-2000:]
+    assert (tmp_path / "comparison.png").is_file()
 
 
 def test_version():

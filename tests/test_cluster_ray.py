@@ -1,6 +1,8 @@
 """A real two-node Ray cluster on 127.0.0.1 (`ray start --head`, `ray start --address`),
-with token authentication on and an isolated HOME: `dotsim submit` sends a tiny training
-job that ends SUCCEEDED, and the Jobs API refuses requests without the token."""
+with token authentication on and an isolated HOME, shared by this module's tests:
+`dotsim submit` sends a tiny training job that ends SUCCEEDED, the Jobs API refuses
+requests without the token, and a driver connecting by address gives its job's processes
+the worker-group start timeout."""
 
 import os
 import secrets
@@ -14,8 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tiny import tiny_options
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 
@@ -51,9 +54,9 @@ def _kill_cluster(marker: str) -> None:
                 pass
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cluster") / "home"
     (home / ".ray").mkdir(parents=True)
     token = secrets.token_hex(16)
     (home / ".ray" / "auth_token").write_text(token)
@@ -72,7 +75,8 @@ def two_node_cluster(tmp_path):
         subprocess.run([*ray, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
                         *_node_ports(), "--disable-usage-stats"],
                        env=env, check=True, capture_output=True)
-        yield {"env": env, "jobs": f"http://127.0.0.1:{dashboard}", "token": token}
+        yield {"env": env, "jobs": f"http://127.0.0.1:{dashboard}", "token": token,
+               "gcs": f"127.0.0.1:{gcs}"}
     finally:
         _kill_cluster(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -93,11 +97,67 @@ def test_submit_tiny_train_job_succeeds(two_node_cluster, small_prepared, tmp_pa
     cmd = [str(BIN / "dotsim"), "submit", "--address", two_node_cluster["jobs"],
            "--working-dir", "", "--",
            "train", "--data", str(small_prepared), "--storage-path", str(tmp_path / "runs"),
-           "--preset", "tiny", "--epochs", "1", "--batch-size", "32", "--clips-per-class",
-           "2", "--workers", "2", "--run-name", "on-cluster"]
+           *tiny_options(epochs=1), "--run-name", "on-cluster"]
     done = subprocess.run(cmd, env=two_node_cluster["env"], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SUCCEEDED" in done.stderr
     assert "test_acc" in done.stdout  # the job's own output, streamed back
     assert any((tmp_path / "runs" / "on-cluster").glob("checkpoint_*"))
+
+
+DRIVER = """
+import os, sys, ray
+from orchestrator.launch import START_TIMEOUT_ENV, ray_session
+with ray_session(sys.argv[1]):
+    read = ray.remote(num_cpus=0)(lambda: os.environ.get(START_TIMEOUT_ENV))
+    print("job sees", ray.get(read.remote()))
+print("driver keeps", os.environ.get("RAY_AUTH_MODE"), os.environ.get(START_TIMEOUT_ENV))
+"""
+
+
+def test_a_driver_by_address_sends_the_token_and_the_start_timeout(two_node_cluster):
+    """What a driver on the head does (`dotsim train --address`, a submitted job): with
+    RAY_AUTH_MODE unset it connects with the token from ~/.ray/auth_token, its job's
+    processes (Train's controller among them) wait START_TIMEOUT_S for a worker group,
+    and the driver's own environment is left as it was."""
+    from orchestrator.launch import START_TIMEOUT_S
+
+    env = {k: v for k, v in two_node_cluster["env"].items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run([sys.executable, "-c", DRIVER, two_node_cluster["gcs"]], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"job sees {START_TIMEOUT_S}" in done.stdout
+    assert "driver keeps None None" in done.stdout
+
+
+LIST_FILES = ("import os; print(sorted(os.path.relpath(os.path.join(d, f)) "
+              "for d, _, fs in os.walk('.') for f in fs))")
+
+
+def test_a_job_uploads_what_the_cluster_sync_sends(two_node_cluster, tmp_path):
+    """`dotsim submit`'s working-dir upload, on a real Jobs API, leaves out exactly what
+    cluster.yaml's rsync leaves out: one list (.gitignore, and .git)."""
+    import ast
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+    from test_cluster_config import NOT_SYNCED, SOURCE
+
+    from orchestrator import submit as jobs
+
+    checkout = tmp_path / "checkout"
+    for name in SOURCE + NOT_SYNCED:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("x")
+    shutil.copy(Path(__file__).parents[1] / ".gitignore", checkout / ".gitignore")
+    client = JobSubmissionClient(two_node_cluster["jobs"],
+                                 headers={"Authorization": f"Bearer {two_node_cluster['token']}"})
+    job = client.submit_job(entrypoint=f'python -c "{LIST_FILES}"',
+                            runtime_env=jobs.runtime_env(str(checkout)))
+    deadline = time.monotonic() + 120
+    while not client.get_job_status(job).is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert client.get_job_status(job).value == "SUCCEEDED", client.get_job_logs(job)
+    uploaded = ast.literal_eval(client.get_job_logs(job).strip().splitlines()[-1])
+    assert set(uploaded) == set(SOURCE)

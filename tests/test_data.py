@@ -18,22 +18,22 @@ import soundfile
 import torch
 from conftest import SMALL_CORPUS
 from prepared_damage import DAMAGES, damaged_copy
+from tiny import tiny_config
 
 from orchestrator.prepare import prepare
 from workers import synth
+from workers.constants import FEATURES
 from workers.corpus import FeatureSettings, speech_commands_chunks
-from workers.data import (
-    FEATURES,
+from workers.data import load_prepared
+from workers.errors import InputError
+from workers.node_cache import node_cache, node_copy
+from workers.prepared import (
     PreparedDataError,
     PreparedWriter,
     check_prepared,
     data_fingerprint,
-    load_prepared,
-    node_cache,
-    node_copy,
     read_meta,
 )
-from workers.errors import InputError
 
 
 def test_prepared_folder_layout_and_contents(small_prepared):
@@ -137,7 +137,7 @@ def test_damaged_prepared_folder_is_refused(small_prepared, tmp_path, damage, mo
     assert not node.exists() or not any(p.is_dir() for p in node.iterdir())  # no copy left
 
 
-def _todays_loader(folder, split):
+def _in_memory_loader(folder, split):
     """The loader the node copy replaced: every worker read the Parquet shards into its own
     tensors and standardised them in place with the training split's statistics."""
     meta = read_meta(folder)
@@ -148,14 +148,13 @@ def _todays_loader(folder, split):
     return features, torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
 
 
-def test_node_copy_gives_todays_batches_and_losses(small_prepared):
+def test_node_copy_gives_the_in_memory_batches_and_losses(small_prepared):
     """Same standardisation statistics, same batches, same losses and evaluation as the
     in-memory loader, bit for bit (that the copy is mapped and shared: the next tests)."""
     import workers.train as wt
-    from workers.config import RunConfig
     from workers.sampler import epoch_batches
 
-    raw = {s: _todays_loader(small_prepared, s) for s in ("train", "validation")}
+    raw = {s: _in_memory_loader(small_prepared, s) for s in ("train", "validation")}
     stats = {}
     for name in FEATURES:
         x = raw["train"][0][name].reshape(-1, 40)
@@ -171,8 +170,7 @@ def test_node_copy_gives_todays_batches_and_losses(small_prepared):
                                                      strict=True))
     ctx = wt.RankContext(0, 1, torch.device("cpu"))
     train, val = (norm(data.splits[s], ctx.device) for s in ("train", "validation"))
-    cfg = RunConfig(data=str(small_prepared), preset="tiny", batch_size=32, clips_per_class=2,
-                    workers=1)
+    cfg = tiny_config(small_prepared, workers=1)
     models = [wt.build_model(cfg, data.meta, classes=len(data.labels)) for _ in range(2)]
     optimizers = [torch.optim.AdamW(m.parameters(), lr=cfg.lr) for m in models]
     for step, batch in enumerate(epoch_batches(train.labels.numpy(), classes_per_batch=16,
@@ -195,13 +193,11 @@ def test_node_copy_gives_todays_batches_and_losses(small_prepared):
 
 def test_evaluation_takes_no_more_clips_at_once_than_a_training_step(small_prepared):
     """Evaluation forwards the rank's share of a training batch at a time, so it never
-    needs more memory than a step (a fixed 256 grew three of 4 workers' heaps by 0.1-0.2
-    GiB past their training peak); the numbers do not depend on the chunk."""
+    needs more memory than a step (a larger fixed chunk grows the heaps of 4 workers past
+    their training peak); the numbers do not depend on the chunk."""
     import workers.train as wt
-    from workers.config import RunConfig
 
-    cfg = RunConfig(data=str(small_prepared), preset="tiny", batch_size=32,
-                    clips_per_class=2, workers=4)
+    cfg = tiny_config(small_prepared, workers=4)
     ctx = wt.RankContext.for_run(cfg, 0, 4, torch.device("cpu"))
     assert ctx.eval_batch == 8
     data = load_prepared(small_prepared)
@@ -355,9 +351,9 @@ def test_a_node_keeps_the_copies_in_use_and_the_newest_unused_ones(small_prepare
 
 def test_processes_that_arrive_together_all_get_the_copy(small_prepared, tmp_path):
     """Three processes ask for a copy that is not made yet, at the same moment, while
-    another process (this one) holds the copy's use lock: one makes the copy, all map it,
-    none waits forever. (With one lock for making and using, a maker that had to wait
-    could never get it: the first one kept it shared for its life, as users do.)"""
+    another process (this one) holds the copy's use lock for as long as the test runs:
+    one makes the copy, and all three map it without waiting for that holder. (With one
+    lock for making and using, a maker had to wait for every user to go: never, here.)"""
     import fcntl
 
     env = {**os.environ, "DOTSIM_NODE_CACHE": str(tmp_path / "node")}
@@ -379,9 +375,7 @@ def test_processes_that_arrive_together_all_get_the_copy(small_prepared, tmp_pat
             assert time.time() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.05)
         go.touch()
-        time.sleep(2)  # all three reach the locks
-        holder.close()
-        for proc in procs:  # all must have mapped while every one still holds its copy
+        for proc in procs:  # each maps while the holder and the others hold the copy
             ready, _, _ = select.select([proc.stdout], [], [], max(0, deadline - time.time()))
             assert ready, "a process never got the copy: the node cache's locks deadlocked"
             assert proc.stdout.readline().strip() == "mapped"
@@ -414,6 +408,8 @@ def test_feature_settings_are_recorded(small_prepared):
 
 
 @pytest.mark.ray
+@pytest.mark.ray
+@pytest.mark.slow
 def test_prepare_over_ray_tasks_matches_in_process(ray_local, small_prepared, tmp_path):
     prepare(None, tmp_path / "ray", seed=0, progress=False, use_ray=True,
             corpus_sizes=SMALL_CORPUS)

@@ -157,8 +157,8 @@ def test_gather_rows_without_process_group_is_identity():
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 def test_a_rank_outside_the_group_is_refused(gloo_pool, similarity):
-    """torch gives a non-member world size -1: the loss must refuse it (it used to return
-    the value with the gradient's sign flipped) while the members compute as usual."""
+    """torch gives a non-member world size -1: the loss must refuse it (computing with it
+    would flip the gradient's sign) while the members compute as usual."""
     from losses import similarity_loss
 
     case = {"similarity": similarity, "norm": "minmax"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from workers import fskil, synth
-from workers.data import FEATURES, Split, load_prepared
+from workers.constants import FEATURES
+from workers.data import Split, load_prepared
 from workers.fskil import Protocol
 
 CORE_WORDS = {"yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import tiny_config
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -15,10 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 def test_three_trial_sweep_leaks_nothing(ray_local, small_prepared, tmp_path):
     from bench_load import run
 
-    from workers.config import RunConfig
-
-    base = RunConfig(data=str(small_prepared), storage_path=str(tmp_path), preset="tiny",
-                     epochs=3, batch_size=32, clips_per_class=2)
+    base = tiny_config(small_prepared, tmp_path, epochs=3)
     out = run(base, trials=3)
     before, after = out["before"], out["after"]
     assert out["trials"] == 3

@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from handmade import trial_rows, write_sweep
 
 from orchestrator import cluster as launcher
 from orchestrator import report as reports
 from orchestrator import submit as jobs
 from orchestrator.cli import cli
+from orchestrator.results import TUNE_NAME
 from orchestrator.variants import (
     DEFAULT_VARIANTS,
     parse_grid,
@@ -104,7 +106,7 @@ def test_paired_comparison_verdicts():
 
 
 def test_zero_spread_says_so_instead_of_a_p_value():
-    """Differences equal on every seed: no t-test (it used to print p = 0.0)."""
+    """Differences equal on every seed: no t-test (its p would read 0.0, a false certainty)."""
     flat = reports.paired(_trials([0.1, 0.1, 0.1]), "cosine")[0]
     assert flat["p"] is None and flat["p_holm"] is None
     assert "no spread across seeds" in flat["verdict"]
@@ -147,7 +149,8 @@ def test_report_on_a_folder_that_is_not_a_sweep(tmp_path):
 
 def test_sweep_resume_refuses_the_options_it_would_ignore(tmp_path):
     """--resume continues the sweep as defined: --epochs or --max-concurrent given with it
-    are refused (they used to be dropped without a word); --json may be given."""
+    are refused (dropping them without a word would run another sweep than asked); --json
+    may be given."""
     result = CliRunner().invoke(cli, ["sweep", "--resume", str(tmp_path), "--epochs", "10",
                                       "--max-concurrent", "4", "--json"])
     assert result.exit_code == 2
@@ -156,19 +159,50 @@ def test_sweep_resume_refuses_the_options_it_would_ignore(tmp_path):
     assert result.exit_code == 2 and "not a dotsim sweep folder" in result.output
 
 
-def test_an_interrupted_sweep_still_lists_its_failed_trials(capsys):
+def test_an_interrupted_sweep_still_lists_its_failed_trials(capsys, monkeypatch):
+    """Ctrl-C during a sweep with a failed trial: the failure, then the way to resume,
+    exit 130 (the sweep itself is replaced by one that raises what Tune's would)."""
     from types import SimpleNamespace
 
-    from orchestrator.cli import _sweep_endings
-    from orchestrator.sweep import SweepInterrupted
+    from orchestrator import sweep as sweeps
+    from orchestrator.cli import main
 
     failed = SimpleNamespace(name="cosine-seed1", error="RuntimeError: worker died")
-    with pytest.raises(SystemExit) as done, _sweep_endings("/nowhere", as_json=False):
-        raise SweepInterrupted("sweep interrupted; continue it: ...", [failed])
+
+    def interrupted(folder, **_):
+        raise sweeps.SweepInterrupted("sweep interrupted; continue it: ...", [failed])
+    monkeypatch.setattr(sweeps, "resume", interrupted)
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", "--resume", "/nowhere"])
     err = capsys.readouterr().err
     assert done.value.code == 130
     assert "trial cosine-seed1 failed: RuntimeError: worker died" in err
     assert err.index("failed") < err.index("sweep interrupted")
+
+
+def test_a_sweep_with_failed_trials_lists_them_prints_its_report_and_exits_1(tmp_path,
+                                                                          capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from orchestrator import sweep as sweeps
+    from orchestrator.cli import main
+
+    write_sweep(tmp_path, [*trial_rows("cosine", 0, 0.5), *trial_rows("cosine", 1, 0.6),
+                           *trial_rows("dot:minmax:global", 0, None, epochs=0,
+                                       status="ERROR", error="OSError: disk full")])
+    failed = SimpleNamespace(name="dot-minmax-global-seed0", error="OSError: disk full")
+
+    def with_failure(folder, **_):
+        raise sweeps.SweepFailed("1 of 3 trials failed; ...", [failed])
+    monkeypatch.setattr(sweeps, "resume", with_failure)
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", "--resume", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert done.value.code == 1
+    assert json.loads(out)["left_out"]["failed"][0]["trial"] == "dot:minmax:global-0"
+    lines = err.strip().splitlines()
+    assert lines[0] == "dotsim: trial dot-minmax-global-seed0 failed: OSError: disk full"
+    assert lines[-1] == "dotsim: 1 of 3 trials failed; ..."
 
 
 def test_damaged_tune_state_is_an_error_not_an_empty_sweep(tmp_path):
@@ -176,7 +210,7 @@ def test_damaged_tune_state_is_an_error_not_an_empty_sweep(tmp_path):
     the test, under Tune's own file name) must not make every trial look pending."""
     from orchestrator import sweep as sweeps
 
-    tune_dir = tmp_path / sweeps.TUNE_NAME
+    tune_dir = tmp_path / TUNE_NAME
     tune_dir.mkdir()
     assert sweeps._tune_states(str(tmp_path)) == {}
     (tune_dir / "experiment_state-2026-12-01_10-00-00.json").write_text("{not json")
@@ -184,7 +218,7 @@ def test_damaged_tune_state_is_an_error_not_an_empty_sweep(tmp_path):
         sweeps._tune_states(str(tmp_path))
 
 
-def test_a_failure_inside_a_library_is_not_a_user_error(tmp_path, capsys):
+def test_a_failure_inside_a_library_is_not_a_user_error(tmp_path, capsys, monkeypatch):
     """A ValueError from pyarrow (a damaged results.parquet) is a failure: exit 1, one line
     that says how to see the traceback; only dotsim's own InputError is exit 2."""
     from orchestrator.cli import main
@@ -197,6 +231,10 @@ def test_a_failure_inside_a_library_is_not_a_user_error(tmp_path, capsys):
     assert done.value.code == 1
     assert len(err.strip().splitlines()) == 1 and "DOTSIM_DEBUG=1" in err
     assert "Traceback" not in err
+    monkeypatch.setenv("DOTSIM_DEBUG", "1")  # the failure itself, for its traceback
+    with pytest.raises(Exception, match="Parquet") as raised:
+        main(["report", str(tmp_path)])
+    assert not isinstance(raised.value, SystemExit)
 
 
 # --- cluster.yaml ------------------------------------------------------------------------
@@ -291,12 +329,34 @@ def test_submit_sends_the_cli_as_a_job(fake_client):
     assert "epoch 1" in result.stdout and "SUCCEEDED" in result.output
 
 
-def test_a_submitted_job_records_the_commit_it_was_sent_from(monkeypatch):
-    """The upload leaves .git out, so the commit travels in the job's environment."""
-    here = code_version()
-    assert here and not here.startswith("dotsim ")  # this checkout is a git repository
-    monkeypatch.setenv("DOTSIM_CODE_VERSION", "0123abcd-dirty")
+def test_a_submitted_job_records_the_commit_it_was_sent_from(fake_client, monkeypatch):
+    """The upload leaves .git out, so the commit travels in the job's environment, and the
+    job's run records read it from there."""
+    _, client = fake_client
+    monkeypatch.setattr(jobs, "code_version", lambda: "0123abcd-dirty")
+    CliRunner().invoke(cli, ["submit", "--no-wait", "--address", "http://h:8265", "--",
+                             "train"])
+    sent = client.submit_job.call_args.kwargs["runtime_env"]["env_vars"]
+    monkeypatch.setenv("DOTSIM_CODE_VERSION", sent["DOTSIM_CODE_VERSION"])
     assert code_version() == "0123abcd-dirty"
+
+
+def test_the_code_version_is_the_commit_of_a_checkout_else_the_package(tmp_path,
+                                                                       monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("DOTSIM_CODE_VERSION", raising=False)
+    assert code_version(tmp_path) == "dotsim 0.1.0"  # not a git checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "f.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert code_version(tmp_path) == commit
+    (tmp_path / "f.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == commit + "-dirty"
 
 
 def test_ray_client_addresses_are_refused_with_the_way_on():
@@ -306,21 +366,24 @@ def test_ray_client_addresses_are_refused_with_the_way_on():
     assert "dotsim submit" in result.output
 
 
-def test_submit_prints_the_job_id_before_following_it(fake_client):
+def test_submit_prints_the_job_id_before_following_it(fake_client, capsys):
     """As `ray job submit` does: the id and the commands come first, so Ctrl-C (or a dropped
     tunnel) while the logs stream does not lose the job."""
+    from orchestrator.cli import main
+
     _, client = fake_client
 
     async def interrupted(job_id):
         raise KeyboardInterrupt
         yield
     client.tail_job_logs = interrupted
-    result = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--",
-                                      "train"])
-    assert result.exit_code != 0
-    assert "Job raysubmit_1 submitted." in result.stderr
+    with pytest.raises(SystemExit) as done:
+        main(["submit", "--address", "http://head:8265", "--", "train"])
+    err = capsys.readouterr().err
+    assert done.value.code == 130
+    assert err.index("Job raysubmit_1 submitted.") < err.index("dotsim: aborted")
     for action in ("status", "logs", "stop"):
-        assert f"dotsim submit --address http://head:8265 {action} raysubmit_1" in result.stderr
+        assert f"dotsim job {action} raysubmit_1 --address http://head:8265" in err
 
 
 def test_submit_exits_non_zero_when_the_job_fails(fake_client):
@@ -342,18 +405,28 @@ def test_submit_no_wait_prints_the_job_id(fake_client):
 def test_submit_address_from_environment(fake_client, monkeypatch):
     factory, _ = fake_client
     monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
-    result = CliRunner().invoke(cli, ["submit", "status", "raysubmit_1"])
+    result = CliRunner().invoke(cli, ["job", "status", "raysubmit_1"])
     assert result.exit_code == 0 and result.output.strip() == "SUCCEEDED"
     assert factory.call_args.args == ("http://from-env:8265",)
 
 
 @pytest.mark.parametrize("action,method,printed", [("logs", "get_job_logs", "log line"),
                                                    ("stop", "stop_job", "stopped")])
-def test_submit_logs_and_stop(fake_client, action, method, printed):
+def test_job_logs_and_stop(fake_client, action, method, printed):
     _, client = fake_client
-    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", action, "j1"])
+    result = CliRunner().invoke(cli, ["job", action, "j1", "--address", "http://h:8265"])
     assert result.exit_code == 0 and printed in result.output
     getattr(client, method).assert_called_once_with("j1")
+
+
+def test_submit_refuses_the_old_job_verbs_and_what_is_not_a_command(fake_client):
+    """`dotsim submit status ID` would send `dotsim status ID` to the cluster as a job."""
+    _, client = fake_client
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", "status", "j1"])
+    assert result.exit_code == 2 and "is now 'dotsim job status JOB_ID'" in result.output
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", "--", "trian"])
+    assert result.exit_code == 2 and "'trian' is not a dotsim command" in result.output
+    client.submit_job.assert_not_called()
 
 
 def test_submit_token_from_file(tmp_path, monkeypatch):
@@ -377,27 +450,16 @@ def test_submit_without_address_or_command(fake_client, monkeypatch):
 
 def test_submit_unreachable_address_is_one_line(monkeypatch):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    result = CliRunner().invoke(cli, ["submit", "--address", "http://127.0.0.1:9",
-                                      "status", "x"])
+    result = CliRunner().invoke(cli, ["job", "status", "x", "--address", "http://127.0.0.1:9"])
     assert result.exit_code == 2
     assert "cannot reach the Ray Jobs API" in result.output
 
 
 def test_json_report_shape(tmp_path):
     """A report built from a hand-made sweep folder (no Ray): JSON and Markdown agree."""
-    (tmp_path / "sweep.json").write_text(json.dumps({"trials": [], "study": None}))
-    rows = []
-    for variant, acc in (("cosine", 0.5), ("dot:minmax:global", 0.6)):
-        for seed in (0, 1):
-            for epoch in (1, 2):
-                rows.append({"trial": f"{variant}-{seed}", "variant": variant, "grid": "{}",
-                             "seed": seed, "workers": 2, "status": "FINISHED", "epoch": epoch,
-                             "val_acc": acc, "train_loss": 1.0, "train_cos_rec": 0.9,
-                             "train_cos_shuffled": 0.5, "epoch_seconds": 3.0,
-                             "test_acc": acc + seed * 0.01 if epoch == 2 else None,
-                             "probe_word_from_formant": 0.7 if epoch == 2 else None,
-                             "probe_speaker_from_residual": 0.8 if epoch == 2 else None})
-    pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
+    write_sweep(tmp_path, [row for variant, acc in (("cosine", 0.5), ("dot:minmax:global", 0.6))
+                           for seed in (0, 1) for row in trial_rows(variant, seed,
+                                                                     acc + seed * 0.01)])
     result = CliRunner().invoke(cli, ["report", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -418,27 +480,18 @@ def test_json_report_shape(tmp_path):
 def test_report_keeps_failed_trials_apart_from_stopped_ones(tmp_path):
     """A failed trial (with its error) and an ASHA-stopped one are listed separately and
     left out of the intervals."""
-    (tmp_path / "sweep.json").write_text(json.dumps({"trials": [], "study": None}))
-    metrics = {"val_acc": 0.5, "train_loss": 1.0, "train_cos_rec": 0.9,
-               "train_cos_shuffled": 0.5, "epoch_seconds": 3.0}
-    rows = [{"trial": "cosine-seed0", "variant": "cosine", "grid": "{}", "seed": 0,
-             "workers": 2, "status": "FINISHED", "error": None, "epoch": 1, **metrics,
-             "test_acc": 0.5},
-            {"trial": "cosine-seed1", "variant": "cosine", "grid": "{}", "seed": 1,
-             "workers": 2, "status": "STOPPED", "error": None, "epoch": 1, **metrics,
-             "test_acc": None},
-            {"trial": "cosine-seed2", "variant": "cosine", "grid": "{}", "seed": 2,
-             "workers": 2, "status": "ERROR", "error": "RuntimeError: worker died",
-             "epoch": None, **dict.fromkeys(metrics), "test_acc": None}]
-    pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
+    write_sweep(tmp_path, [*trial_rows("cosine", 0, 0.5, epochs=1),
+                           *trial_rows("cosine", 1, None, epochs=1, status="STOPPED"),
+                           *trial_rows("cosine", 2, None, epochs=0, status="ERROR",
+                                       error="RuntimeError: worker died")])
     report = reports.build_report(str(tmp_path))
     assert report["left_out"]["failed"] == [
-        {"trial": "cosine-seed2", "epochs_done": 0, "error": "RuntimeError: worker died"}]
+        {"trial": "cosine-2", "epochs_done": 0, "error": "RuntimeError: worker died"}]
     assert [t["trial"] for t in report["left_out"]["stopped early by the scheduler"]] == [
-        "cosine-seed1"]
+        "cosine-1"]
     assert report["variants"][0]["seeds"] == [0]
     markdown = reports.to_markdown(report)
-    assert "Left out, failed:\n- cosine-seed2 (0 epochs): RuntimeError: worker died" in markdown
+    assert "Left out, failed:\n- cosine-2 (0 epochs): RuntimeError: worker died" in markdown
 
 
 def test_submit_retries_while_the_job_agent_starts(fake_client, monkeypatch):
@@ -453,24 +506,26 @@ def test_submit_retries_while_the_job_agent_starts(fake_client, monkeypatch):
     assert client.submit_job.call_count == 2
 
 
-def test_concurrency_on_fixed_and_autoscaling_clusters(monkeypatch):
-    from orchestrator import sweep as sweeps
+def test_concurrency_on_fixed_and_autoscaling_clusters():
+    from orchestrator.plan import concurrency
     from workers.config import RunConfig
 
     trials = [{"seed": s} for s in range(5)]
-    monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 8.0})
-    assert sweeps.concurrency(RunConfig(workers=2), trials, None) == 4
-    assert sweeps.concurrency(RunConfig(workers=2), trials, 3) == 3
+    eight = {"CPU": 8.0}
+    assert concurrency(RunConfig(workers=2), trials, eight) == 4
+    assert concurrency(RunConfig(workers=2), trials, eight, 3) == 3
     # more at once than the cluster can place: refused up front, not fewer seeds later
     with pytest.raises(InputError, match="--max-concurrent 5 cannot be placed.*room for 4"):
-        sweeps.concurrency(RunConfig(workers=2), trials, 5)
-    monkeypatch.setattr(sweeps.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    with pytest.raises(InputError, match="lower --workers"):
-        sweeps.concurrency(RunConfig(workers=4), trials, None)
+        concurrency(RunConfig(workers=2), trials, eight, 5)
+    # one run (dotsim train) that does not fit a fixed cluster
+    with pytest.raises(InputError, match="4 workers x 1 CPUs does not fit.*lower --workers"):
+        concurrency(RunConfig(workers=4), [{}], {"CPU": 2.0})
+    with pytest.raises(InputError, match="2 GPUs"):
+        concurrency(RunConfig(workers=2, gpu=True), [{}], {"CPU": 8.0, "GPU": 1.0})
     # GPU workers on a cluster that scales up from zero GPUs
     gpu = RunConfig(workers=2, gpu=True)
-    assert sweeps.concurrency(gpu, trials, 2, elastic=True) == 2
-    assert sweeps.concurrency(gpu, trials, None, elastic=True) == 1
+    assert concurrency(gpu, trials, eight, 2, elastic=True) == 2
+    assert concurrency(gpu, trials, eight, None, elastic=True) == 1
 
 
 def test_trials_stay_on_the_head_of_a_cluster_from_cluster_yaml(monkeypatch):
@@ -493,3 +548,62 @@ def test_the_report_reads_only_metrics_the_training_loop_defines():
     derived = {"val_acc_final", "val_acc_best", "minutes"}
     assert set(reports.SUMMARY_METRICS) - derived <= set(EPOCH_METRICS) | set(FINAL_METRICS)
     assert set(reports.FSKIL_METRICS) == set(FSKIL_HEADLINE)
+
+
+def _fskil_finals(acc: float) -> dict:
+    """The final metrics of an FSKIL trial whose every accuracy is ``acc`` (the log-mel
+    baseline's 0.1), session 0 without new words."""
+    from workers.metrics import FSKIL_HEADLINE, FSKIL_KINDS, LOGMEL_HEADLINE, session_metric
+
+    finals = dict.fromkeys(FSKIL_HEADLINE, acc) | dict.fromkeys(LOGMEL_HEADLINE, 0.1)
+    for session in range(6):
+        for kind in FSKIL_KINDS:
+            none = session == 0 and kind in ("unseen", "harmonic")
+            finals[session_metric(session, kind)] = None if none else acc
+            finals[session_metric(session, kind, "logmel")] = None if none else 0.1
+    return finals
+
+
+def test_fskil_report_from_a_hand_made_sweep(tmp_path):
+    """Under FSKIL the report compares the headline numbers, adds the log-mel baseline's
+    row, a per-session table of the four accuracies, and sessions.png."""
+    rows = [row for variant, acc in (("cosine", 0.8), ("dot:meanstd:global", 0.85))
+            for seed in (0, 1)
+            for row in trial_rows(variant, seed, 0.9, **_fskil_finals(acc + seed * 0.01))]
+    write_sweep(tmp_path, rows, protocol="fskil")
+    report = reports.make(str(tmp_path))
+    assert report["protocol"] == "fskil"
+    assert [v["variant"] for v in report["variants"]] == [
+        "cosine", "dot:meanstd:global", "log-mel baseline (no training)"]
+    assert report["variants"][-1]["fskil_mean_acc"]["mean"] == pytest.approx(0.1)
+    assert [p["metric"] for p in report["paired"]] == [
+        "fskil_mean_acc", "fskil_last_acc", "fskil_last_harmonic"]
+    assert all(p["mean_diff"] == pytest.approx(0.05) for p in report["paired"])
+    table = {v["variant"]: v["sessions"] for v in report["sessions"]}
+    assert set(table) == {"cosine", "dot:meanstd:global", "log-mel baseline (no training)"}
+    assert all(len(sessions) == 6 for sessions in table.values())
+    assert table["cosine"][0]["unseen"]["mean"] is None  # no new word yet in session 0
+    assert table["cosine"][5]["harmonic"]["mean"] == pytest.approx(0.805)
+    assert (tmp_path / "sessions.png").stat().st_size > 10_000
+    markdown = reports.to_markdown(report)
+    assert "## FSKIL headline numbers" in markdown and "## FSKIL sessions" in markdown
+
+
+def test_a_variant_has_one_colour_in_every_plot(tmp_path):
+    """In the report's order of variants (here not alphabetical), whatever each plot groups
+    its lines by."""
+    rows = [row for variant, acc in (("cosine", 0.8), ("ce-only", 0.7)) for seed in (0, 1)
+            for row in trial_rows(variant, seed, 0.9, **_fskil_finals(acc))]
+    write_sweep(tmp_path, rows, protocol="fskil")
+    report = reports.build_report(str(tmp_path))
+    colour = reports.colours(report)
+
+    def line_colours(figure):
+        return {line.get_label(): line.get_color() for ax in figure.axes
+                for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+    comparison = line_colours(reports.comparison_figure(reports.load_results(str(tmp_path)),
+                                                        colour))
+    sessions = line_colours(reports.sessions_figure(report, colour))
+    assert comparison == {"cosine": "C0", "ce-only": "C1"}
+    assert sessions == comparison | {"log-mel baseline (no training)": "0.4"}

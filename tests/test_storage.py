@@ -11,14 +11,15 @@ import faults
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from tiny import tiny_options
 
 from orchestrator.cli import cli, main
 from orchestrator.launch import run_history
 from workers import storage, synth
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TINY = ["--preset", "tiny", "--batch-size", "32", "--clips-per-class", "2", "--workers", "2"]
+TINY = tiny_options()
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,21 @@ import faults
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from tiny import tiny_options
 
 from orchestrator.cli import cli
 from orchestrator.launch import RECORD_FILE, run_history
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TINY = ["--preset", "tiny", "--epochs", "2", "--batch-size", "32", "--clips-per-class", "2",
-        "--workers", "2", "--seeds", "1"]
+TINY = [*tiny_options(epochs=2), "--seeds", "1"]
 
 
 def test_tiny_fskil_sweep_end_to_end(ray_local, small_prepared, tmp_path):
-    """A sweep under the FSKIL protocol: results.parquet with every session's accuracies,
-    TensorBoard events, and the report comparing the variants on the protocol's headline
-    numbers, with the session table and the session curve."""
+    """A sweep under the FSKIL protocol: a line as each trial starts, runs its epochs and
+    ends; results.parquet with every session's accuracies; TensorBoard events; each
+    trial's run record; the report with its plots. (The report's contents from a
+    hand-made sweep: test_orchestrator.py.)"""
     result = CliRunner().invoke(cli, [
         "sweep", "--data", str(small_prepared), "--storage-path", str(tmp_path),
         "--name", "s", "--variants", "cosine,dot:meanstd:global", *TINY, "--protocol",
@@ -42,22 +43,19 @@ def test_tiny_fskil_sweep_end_to_end(ray_local, small_prepared, tmp_path):
     assert last["fskil_s5_harmonic"].notna().all() and last["logmel_mean_acc"].notna().all()
     report = json.loads(result.stdout)
     assert report["protocol"] == "fskil"
-    assert [v["variant"] for v in report["variants"]] == [
-        "cosine", "dot:meanstd:global", "log-mel baseline (no training)"]
     assert report["variants"][-1]["fskil_mean_acc"]["mean"] == last["logmel_mean_acc"].iloc[0]
-    assert [p["metric"] for p in report["paired"]] == [
-        "fskil_mean_acc", "fskil_last_acc", "fskil_last_harmonic"]
-    assert all("too few paired seeds" in p["verdict"] for p in report["paired"])
-    table = {v["variant"]: v["sessions"] for v in report["sessions"]}
-    assert set(table) == {"cosine", "dot:meanstd:global", "log-mel baseline (no training)"}
-    assert all(len(s) == 6 for s in table.values())
-    assert table["cosine"][0]["unseen"]["mean"] is None  # no new word yet in session 0
     assert (sweep / "comparison.png").stat().st_size > 10_000
     assert (sweep / "sessions.png").stat().st_size > 10_000
     for run in ("cosine-seed0", "dot-meanstd-global-seed0"):  # launched the one way
         record = json.loads((sweep / "runs" / run / RECORD_FILE).read_text())
         assert record["config"]["run_name"] == run and record["config"]["protocol"] == "fskil"
         assert record["launches"][0]["code_version"] and record["data_fingerprint"]
+    err = result.stderr  # progress: each trial starts, runs its epochs, ends
+    for trial in ("cosine-seed0", "dot-meanstd-global-seed0"):
+        assert f"[sweep] started {trial}" in err and f"[{trial}] epoch 2/2 val_acc" in err
+        assert f"[sweep] {trial} ended: fskil_mean_acc " in err
+    assert "2/2 done, 0 left" in err and "tensorboard --logdir" in err
+    assert "To visualize your results with TensorBoard" not in result.output
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -94,7 +92,9 @@ def _checkpoints(run: Path):
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, tmp_path, how):
-    env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "disabled"}
+    # a user's shell: HOME of its own, RAY_AUTH_MODE unset (Ray turns token auth on)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env["HOME"] = str(tmp_path / "home")
     (tmp_path / "home").mkdir()
     sweep = tmp_path / "s"
     args = [sys.executable, "-c", "from orchestrator.cli import main; main()", "sweep",
@@ -128,6 +128,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _checkpoints(first) == before  # the finished trial was not trained again
+    said = (tmp_path / "first.log").read_text() + resumed.stderr
+    assert "[sweep] started cosine-seed0" in said and "Resuming the sweep" in said
+    assert "Token authentication" not in said  # Ray's own notice is kept quiet
     frame = pd.read_parquet(sweep / "results.parquet")
     for _, trial in frame.groupby("trial"):
         assert sorted(trial["epoch"]) == [1, 2, 3]

@@ -7,7 +7,7 @@ import pytest
 import soundfile
 import torch
 
-from workers import synth
+from workers import constants, synth
 
 # 35 words x (6, 2, 2) speakers x 1 clip: 350 clips, about a second to make.
 SMALL = {"speakers": (6, 2, 2), "clips_per_word_speaker": 1}
@@ -50,7 +50,7 @@ def test_speakers_are_deterministic_and_in_range():
 def test_synthesize_gives_one_second_float32_peak_normalised():
     speaker = synth.make_speakers(1, seed=0)[0]
     wave = synth.synthesize(7, speaker, np.random.default_rng(0))
-    assert wave.shape == (synth.CLIP_SAMPLES,) and wave.dtype == np.float32
+    assert wave.shape == (constants.CLIP_SAMPLES,) and wave.dtype == np.float32
     assert np.isfinite(wave).all() and 0.05 < np.abs(wave).max() <= 0.9 + 1e-6
     with pytest.raises(ValueError, match="word_index"):
         synth.synthesize(35, speaker, np.random.default_rng(0))
@@ -66,10 +66,10 @@ def test_batch_equals_clip_by_clip():
 
 
 def test_corpus_shapes_dtypes_and_range(corpus):
-    for split, count in zip(synth.SPLITS, SMALL["speakers"], strict=True):
+    for split, count in zip(constants.SPLITS, SMALL["speakers"], strict=True):
         c = corpus[split]
         n = count * len(synth.WORDS)
-        assert c.waves.shape == (n, synth.CLIP_SAMPLES) and c.waves.dtype == np.float32
+        assert c.waves.shape == (n, constants.CLIP_SAMPLES) and c.waves.dtype == np.float32
         assert c.labels.shape == (n,) and c.labels.dtype == np.int64
         assert len(c.speakers) == n == len(c)
         assert np.isfinite(c.waves).all() and np.abs(c.waves).max() <= 0.9 + 1e-6
@@ -78,17 +78,17 @@ def test_corpus_shapes_dtypes_and_range(corpus):
 
 
 def test_corpus_is_split_by_speaker_with_every_word_in_every_split(corpus):
-    owners = [set(corpus[split].speakers) for split in synth.SPLITS]
+    owners = [set(corpus[split].speakers) for split in constants.SPLITS]
     assert [len(o) for o in owners] == list(SMALL["speakers"])
     assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
-    for split in synth.SPLITS:
+    for split in constants.SPLITS:
         assert np.array_equal(np.unique(corpus[split].labels), np.arange(len(synth.WORDS)))
 
 
 def test_corpus_is_deterministic_per_seed(corpus):
     again = synth.make_corpus(seed=3, **SMALL)
     other = synth.make_corpus(seed=4, **SMALL)
-    for split in synth.SPLITS:
+    for split in constants.SPLITS:
         assert np.array_equal(corpus[split].waves, again[split].waves)  # bit-identical
         assert np.array_equal(corpus[split].labels, again[split].labels)
         assert list(corpus[split].speakers) == list(again[split].speakers)
@@ -111,7 +111,7 @@ def test_write_speech_commands_layout(corpus, tmp_path):
     path = f"{synth.WORDS[first.labels[0]]}/{first.speakers[0]}_nohash_0.wav"
     assert path == validation[0]
     info = soundfile.info(root / path)
-    assert (info.samplerate, info.frames, info.channels) == (16_000, synth.CLIP_SAMPLES, 1)
+    assert (info.samplerate, info.frames, info.channels) == (16_000, constants.CLIP_SAMPLES, 1)
     assert info.subtype == "PCM_16"
     wave, rate = soundfile.read(root / path, dtype="float32")
     np.testing.assert_allclose(wave, first.waves[0], atol=1 / 32768 + 1e-6)
@@ -162,9 +162,9 @@ def _probes(corpus: dict[str, synth.Corpus]) -> dict[str, float]:
     from workers import audio
     from workers.probes import linear_probe_accuracy
 
-    waves = np.concatenate([corpus[s].waves for s in synth.SPLITS])
-    words = torch.from_numpy(np.concatenate([corpus[s].labels for s in synth.SPLITS]))
-    speakers = np.concatenate([corpus[s].speakers for s in synth.SPLITS])
+    waves = np.concatenate([corpus[s].waves for s in constants.SPLITS])
+    words = torch.from_numpy(np.concatenate([corpus[s].labels for s in constants.SPLITS]))
+    speakers = np.concatenate([corpus[s].speakers for s in constants.SPLITS])
     features = audio.extract_features(torch.from_numpy(waves))
     active = _active(features["speech"])
     train = torch.from_numpy(np.isin(speakers, corpus["train"].speakers))

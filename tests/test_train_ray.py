@@ -1,11 +1,11 @@
 """Real Ray Train runs (2 DDP workers on CPU/gloo) on a small synthetic corpus: the loss
-falls; a run folder is bound to its config (a re-run with other options trains anew or is
-refused, a finished run is not trained again); Ctrl-C stops `dotsim train` and the printed
-command resumes it to the uninterrupted history; a killed worker is survived; NaN in one
-rank's batch is handled on every rank. (World-size invariance: test_sweep_ray.py.)"""
+falls; a finished run is not trained again and its folder refuses other options; Ctrl-C
+stops `dotsim train` and the printed command resumes it to the uninterrupted history; a
+killed worker is survived; a run resumes on fewer workers. (The run folder's rules
+without training: test_run_folder.py; NaN handling: test_train_step.py; world-size
+invariance: test_sweep_ray.py.)"""
 
 import json
-import math
 import os
 import shlex
 import signal
@@ -18,26 +18,24 @@ import faults
 import pytest
 import ray
 from click.testing import CliRunner
+from tiny import tiny_config, tiny_options
 
 from orchestrator.cli import cli
-from orchestrator.launch import RECORD_FILE, launch, named, run_history, run_location
-from workers.config import RunConfig
-from workers.errors import InputError
+from orchestrator.launch import RECORD_FILE, launch, run_history, run_location
+from orchestrator.plan import located
 from workers.metrics import EPOCH_METRICS, FINAL_METRICS
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-TINY = ["--preset", "tiny", "--batch-size", "32", "--clips-per-class", "2"]
+TINY = tiny_options()
 # what two runs of the same config must agree on (timings and memory differ)
 SAME = ("epoch", "train_loss", "train_ce", "train_lpc", "train_shuffled", "train_cos_rec",
         "val_acc", "val_cos_rec", "lr", "test_acc", "probe_word_from_formant")
 
 
 def _cfg(small_prepared, tmp_path, **changes):
-    base = dict(data=str(small_prepared), storage_path=str(tmp_path / "runs"), preset="tiny",
-                batch_size=32, clips_per_class=2, workers=2, cpus_per_worker=1.0, epochs=3)
-    return RunConfig(**(base | changes))
+    return tiny_config(small_prepared, tmp_path / "runs", epochs=3).replace(**changes)
 
 
 def _epochs(summary):
@@ -57,63 +55,43 @@ def _files(folder: Path) -> dict[str, float]:
             if p.is_file() and p.name != RECORD_FILE}
 
 
-def test_a_run_is_bound_to_its_config(ray_local, small_prepared, tmp_path):
-    cfg = named(_cfg(small_prepared, tmp_path, epochs=2))
-    first = launch(cfg, progress=False)
-    assert _epochs(first) == [1, 2] and not first["already_finished"]
-    history = first["history"]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert set(EPOCH_METRICS) <= set(history[0]) and set(FINAL_METRICS) <= set(history[-1])
-    assert history[0]["world_size"] == 2
-    folder = Path(run_location(cfg))
-    record = json.loads((folder / RECORD_FILE).read_text())
-    assert record["config"] == cfg.to_dict() and record["run_key"] == cfg.run_key()
-    launch_facts = record["launches"][0]
-    assert launch_facts["packages"]["torch"] == "2.11.0" and launch_facts["code_version"]
-    assert launch_facts["cluster_resources"]["CPU"] == 2
-
-    files = _files(folder)
-    again = launch(cfg, progress=False)  # the same config: its results, nothing trained
-    assert again["already_finished"] and again["history"] == history
-    assert _files(folder) == files
-    assert len(json.loads((folder / RECORD_FILE).read_text())["launches"]) == 2
-
-    for change in ({"lr": 1e-4}, {"epochs": 4}, {"scope": "local"}):
-        with pytest.raises(InputError) as refused:
-            launch(cfg.replace(**change), progress=False)
-        assert f"{next(iter(change))} " in str(refused.value)
-        assert "another --run-name" in str(refused.value)
-    assert _files(folder) == files  # nothing trained, nothing overwritten
-    assert json.loads((folder / RECORD_FILE).read_text())["config"] == cfg.to_dict()
-
-
-def test_rerun_with_another_lr_trains_a_new_run(ray_local, small_prepared, tmp_path):
-    """The issue's case: `train --json`, then `train --lr 0.0001 --json`. The second
-    command used to restore the first run and print its numbers under the new config."""
+def test_a_finished_run_is_not_trained_again_and_refuses_other_options(ray_local,
+                                                                        small_prepared,
+                                                                        tmp_path):
+    """`dotsim train --json` twice: the second prints the first run's results without
+    training (stderr says so); the same run folder with another --lr is exit 2 and one
+    line naming the change. (The refusals without training: test_run_folder.py.)"""
     def train(*options):
         return CliRunner().invoke(cli, [
             "train", "--data", str(small_prepared), "--storage-path", str(tmp_path), *TINY,
-            "--epochs", "1", "--similarity", "cosine", "--json", *options])
+            "--epochs", "2", "--json", *options])
 
     first = train()
     assert first.exit_code == 0, first.output
-    second = train("--lr", "0.0001")
-    assert second.exit_code == 0, second.output
-    a, b = json.loads(first.stdout), json.loads(second.stdout)
-    assert b["config"]["lr"] == 0.0001 and b["run_name"] != a["run_name"]
-    assert not b["already_finished"] and b["history"][0]["lr"] != a["history"][0]["lr"]
-    assert b["metrics"]["train_loss"] != a["metrics"]["train_loss"]
+    a = json.loads(first.stdout)
+    history = a["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and not a["already_finished"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert set(EPOCH_METRICS) <= set(history[0]) and set(FINAL_METRICS) <= set(history[-1])
+    assert history[0]["world_size"] == 2
+    folder = Path(a["path"])
+    record = json.loads((folder / RECORD_FILE).read_text())
+    assert record["launches"][0]["cluster_resources"]["CPU"] == 2
+    files = _files(folder)
 
-    third = train()  # the first command again: its run, not trained again
-    assert third.exit_code == 0, third.output
-    c = json.loads(third.stdout)
-    assert c["already_finished"] and c["history"] == a["history"]
-    assert "had already finished" in third.stderr
+    again = train()
+    assert again.exit_code == 0, again.output
+    b = json.loads(again.stdout)
+    assert b["already_finished"] and b["history"] == history
+    assert "had already finished" in again.stderr
+    assert _files(folder) == files  # nothing trained, nothing overwritten
 
     reused = train("--lr", "0.0001", "--run-name", a["run_name"])
     assert reused.exit_code == 2
     lines = reused.stderr.strip().splitlines()
     assert len(lines) == 1 and "lr 0.004 -> 0.0001" in lines[0], reused.stderr
+    assert _files(folder) == files
+    assert len(json.loads((folder / RECORD_FILE).read_text())["launches"]) == 2
 
 
 def test_fskil_run_in_a_lab_s_own_class_order(ray_local, small_prepared, tmp_path):
@@ -158,31 +136,13 @@ def test_fskil_run_in_a_lab_s_own_class_order(ray_local, small_prepared, tmp_pat
             f"{m['logmel_mean_acc']:.3f}") in again.stdout
 
 
-def test_workers_may_change_on_resume_only_without_local_statistics(small_prepared,
-                                                                      tmp_path):
-    """A world-size-independent run (global statistics, or cosine) may resume on another
-    number of workers; a local-scope run may not. Checked before anything trains."""
-    from orchestrator.launch import bind_run
-
-    for scope, allowed in (("global", True), ("local", False)):
-        cfg = named(_cfg(small_prepared, tmp_path, scope=scope, run_name=f"ws-{scope}"))
-        bind_run(cfg, run_location(cfg))
-        fewer = cfg.replace(workers=1)
-        if allowed:
-            _, owner = bind_run(fewer, run_location(fewer))
-            assert owner.workers == 2  # the folder still belongs to the config that began it
-        else:
-            with pytest.raises(InputError, match="depend on the number of workers"):
-                bind_run(fewer, run_location(fewer))
-
-
 def test_a_run_resumed_on_fewer_workers_continues_its_history(ray_local, small_prepared,
                                                                 tmp_path):
     """The world-size decision end to end: a global-statistics run (dropout 0) fails after
     its first epoch on 2 workers, resumes on 1 and ends with the history of an
     uninterrupted 2-worker run, to round-off. Once it has finished, another worker count
     prints its results under the config it ran with and trains nothing."""
-    cfg = named(_cfg(small_prepared, tmp_path, dropout=0.0, max_failures=0,
+    cfg = located(_cfg(small_prepared, tmp_path, dropout=0.0, max_failures=0,
                      run_name="shrink"))
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure"):
         launch(cfg, progress=False, loop=faults.failing_loop(epoch=1))
@@ -214,7 +174,7 @@ def test_ctrl_c_stops_train_and_the_printed_command_resumes_it(ray_local, small_
         proc = subprocess.Popen([str(BIN / "dotsim"), "train", *options], env=env,
                                 start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=stderr)
-    cfg = named(_cfg(small_prepared, tmp_path, epochs=5))
+    cfg = located(_cfg(small_prepared, tmp_path, epochs=5))
     deadline = time.time() + 300
     while time.time() < deadline and not faults.holds(lambda: run_history(run_location(cfg))):
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -237,7 +197,7 @@ def test_ctrl_c_stops_train_and_the_printed_command_resumes_it(ray_local, small_
 
 
 def test_killed_worker_is_restarted_from_checkpoint(ray_local, small_prepared, tmp_path):
-    cfg = named(_cfg(small_prepared, tmp_path, epochs=3, run_name="killed"))
+    cfg = located(_cfg(small_prepared, tmp_path, epochs=3, run_name="killed"))
     killer = faults.kill_a_worker_when(lambda: run_history(run_location(cfg)))
     summary = launch(cfg, progress=False)
     killer.join()
@@ -247,32 +207,3 @@ def test_killed_worker_is_restarted_from_checkpoint(ray_local, small_prepared, t
     # the deterministic sampler and per-epoch seeds make the restarted run repeat the
     # uninterrupted one
     _same_history(summary["history"], clean["history"])
-
-
-def test_nan_in_one_rank_is_skipped_on_every_rank(ray_local, small_prepared, tmp_path):
-    cfg = _cfg(small_prepared, tmp_path, epochs=2, run_name="nan-skip")
-    summary = launch(cfg, progress=False, loop=faults.nan_loop(rank=1, epoch=0, step=2))
-    first, second = summary["history"]
-    assert first["skipped_steps"] == 1 and second["skipped_steps"] == 0
-    assert math.isfinite(first["train_loss"]) and math.isfinite(second["train_loss"])
-
-
-def test_nan_with_stop_fails_clearly_on_every_rank(ray_local, small_prepared, tmp_path):
-    import ray.train
-
-    cfg = _cfg(small_prepared, tmp_path, epochs=2, run_name="nan-stop", on_nonfinite="stop",
-               max_failures=0)
-    with pytest.raises(ray.train.TrainingFailedError) as failed:
-        launch(cfg, progress=False, loop=faults.nan_loop(rank=1, epoch=0, step=2))
-    text = str(failed.value)
-    assert "non-finite" in text and "(rank 1)" in text and "epoch 1 step 2" in text
-    assert "Rank 0,1" in text  # both ranks stopped at the same step, none hung
-
-
-def test_no_test_hooks_in_production_modules():
-    """Fault injection lives in the tests (faults.py), not in the packages."""
-    root = Path(__file__).resolve().parents[1]
-    for package in ("losses", "workers", "orchestrator"):
-        for source in (root / package).glob("*.py"):
-            text = source.read_text()
-            assert "DOTSIM_TEST" not in text and "os._exit" not in text, source

@@ -1,4 +1,4 @@
-"""Audio I/O and the source-filter features of a clip (DESIGN.md, "The research it serves").
+"""Audio I/O and the source-filter features of a clip (docs/design.md, "What is trained").
 
 A clip is split by linear prediction into
 
@@ -32,14 +32,9 @@ import torch.nn.functional as F
 import torchaudio
 
 from workers import burg
+from workers.constants import CLIP_SAMPLES, HOP, LPC_ORDER, N_FFT, N_MELS, SAMPLE_RATE
 from workers.errors import InputError
 
-SAMPLE_RATE = 16_000
-CLIP_SAMPLES = 16_000  # 1 s clips
-N_MELS = 40
-HOP = 160  # 10 ms: the mel hop and the number of new samples per LPC frame
-N_FFT = 400  # 25 ms window
-LPC_ORDER = 20
 LOG_FLOOR = 1e-6  # log(mel + LOG_FLOOR): silence maps to log(1e-6), not -inf
 
 # Smallest |A(e^jw)|^2 of the envelope: a zero on the unit circle (a constant frame has
@@ -243,7 +238,7 @@ def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE,
     """Read an audio file -> (num_samples,) float32 mono at ``sample_rate``.
 
     Any soundfile subtype; channels are averaged, other rates resampled, the result
-    zero-padded or trimmed. ``ValueError`` (one line, naming the file) when the file
+    zero-padded or trimmed. ``InputError`` (one line, naming the file) when the file
     cannot be read or holds no samples.
     """
     try:
@@ -261,7 +256,7 @@ def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE,
 
 
 def _check_not_truncated(path: str | Path) -> None:
-    """ValueError when a RIFF/WAVE file's data chunk is shorter than its header says.
+    """InputError when a RIFF/WAVE file's data chunk is shorter than its header says.
 
     libsndfile reads a truncated WAV without complaint, returning the samples that are
     there; a cut-off clip would then enter the data set silently padded.

@@ -35,7 +35,7 @@ class RunConfig:
 
     # --- model ------------------------------------------------------------------------
     preset: str = "small"
-    """Model size: one of PRESETS (sets d_model, layers, heads, emb_dim)."""
+    """Model size (sets d_model, layers, heads, emb_dim; see PRESETS)."""
     frames_per_token: int = 2
     """Spectrogram frames merged into one Transformer token (101 frames -> 51 tokens)."""
     dropout: float = 0.1
@@ -154,8 +154,9 @@ class RunConfig:
                              f"{', '.join(PROTOCOLS)}")
         if self.protocol == "fskil":
             self._check_fskil()
-        if self.on_nonfinite not in ("skip", "stop"):
-            raise InputError(f"unknown on_nonfinite {self.on_nonfinite!r}; allowed: skip, stop")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise InputError(f"unknown on_nonfinite {self.on_nonfinite!r}; allowed: "
+                             f"{', '.join(ON_NONFINITE)}")
         if not 0 <= self.dropout < 1:
             raise InputError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:
@@ -255,6 +256,7 @@ class RunConfig:
 
 
 PROTOCOLS = ("standard", "fskil")
+ON_NONFINITE = ("skip", "stop")
 FSKIL_FIELDS = ("base_classes", "ways", "shots", "sessions", "episodes", "class_order")
 
 # Fields that say only where a run's files go or how fast it runs: a run may resume with
@@ -262,6 +264,12 @@ FSKIL_FIELDS = ("base_classes", "ways", "shots", "sessions", "episodes", "class_
 # never what is computed.
 RUNTIME_FIELDS = ("storage_path", "run_name", "cpus_per_worker", "threads_per_worker",
                   "checkpoints_to_keep", "max_failures", "extra")
+
+
+# The fields whose values are names from a fixed list (the CLI lists them in --help).
+CHOICES: dict[str, tuple[str, ...]] = {"preset": tuple(PRESETS), "norm": NORMS,
+                                       "scope": SCOPES, "protocol": PROTOCOLS,
+                                       "on_nonfinite": ON_NONFINITE}
 
 
 def _positive(cfg: RunConfig, *names: str) -> None:
@@ -284,5 +292,5 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-__all__ = ["NORMS", "PRESETS", "PROTOCOLS", "RUNTIME_FIELDS", "SCOPES", "RunConfig",
+__all__ = ["CHOICES", "NORMS", "PRESETS", "PROTOCOLS", "RUNTIME_FIELDS", "SCOPES", "RunConfig",
            "field_docs"]

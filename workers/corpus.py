@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from workers import audio, synth
-from workers.data import SPLITS
+from workers.constants import CLIP_SAMPLES, HOP, LPC_ORDER, N_FFT, N_MELS, SAMPLE_RATE, SPLITS
 from workers.errors import InputError
 
 SPEECH_COMMANDS_FILE = re.compile(r"^(?P<speaker>[^_/]+)_nohash_(?P<n>\d+)\.wav$")
@@ -23,15 +23,15 @@ SPEECH_COMMANDS_FILE = re.compile(r"^(?P<speaker>[^_/]+)_nohash_(?P<n>\d+)\.wav$
 class FeatureSettings:
     """How features are computed; stored in meta.json."""
 
-    sample_rate: int = 16_000
-    n_mels: int = 40
-    lpc_order: int = 20
-    n_fft: int = 400
-    hop: int = 160
+    sample_rate: int = SAMPLE_RATE
+    n_mels: int = N_MELS
+    lpc_order: int = LPC_ORDER
+    n_fft: int = N_FFT
+    hop: int = HOP
 
     @property
     def num_samples(self) -> int:
-        return self.sample_rate  # clips are 1 s
+        return self.sample_rate * CLIP_SAMPLES // SAMPLE_RATE  # clips are 1 s
 
     def to_meta(self) -> dict:
         return asdict(self)
@@ -53,7 +53,7 @@ def featurize(chunk: Chunk, settings: FeatureSettings) -> dict[str, np.ndarray]:
     """Features of one chunk: {"speech", "formant", "residual"} each (N, frames, n_mels).
 
     Runs in a Ray task for large sources (Ray sets OMP_NUM_THREADS to the task's one
-    CPU, so tasks do not oversubscribe); ``ValueError`` names a clip that cannot be read.
+    CPU, so tasks do not oversubscribe); ``InputError`` names a clip that cannot be read.
     """
     waves = chunk.waves
     if waves is None:

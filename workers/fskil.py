@@ -86,7 +86,7 @@ class Protocol:
         return self.base_classes + self.ways * (self.sessions - 1)
 
     def check_words(self, available: int, what: str = "the class order") -> None:
-        """``ValueError`` when ``available`` words are too few for the protocol."""
+        """``InputError`` when ``available`` words are too few for the protocol."""
         if available < self.words:
             raise InputError(
                 f"{what} has {available} words; the protocol needs base_classes + ways * "
@@ -113,7 +113,7 @@ def default_class_order(labels: Sequence[str]) -> list[str]:
 def read_class_order(path: str | Path, labels: Sequence[str], protocol: Protocol) -> list[str]:
     """A user's class order: one word a line, base words first, then ``ways`` words per
     session; blank lines and ``#`` comments are ignored, words after the protocol's
-    ``words`` are unused. ``ValueError`` (one line) for an unreadable file, an unknown
+    ``words`` are unused. ``InputError`` (one line) for an unreadable file, an unknown
     word, a repeated word, or too few words."""
     path = Path(path)
     try:

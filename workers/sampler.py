@@ -1,4 +1,4 @@
-"""Global batches that do not depend on the world size (DESIGN.md).
+"""Global batches that do not depend on the world size (docs/design.md, same heading).
 
 Each global batch is drawn from (seed, epoch) alone: P classes x K clips, as P groups of
 K clips of one class. Ranks get whole groups, and the shuffled reconstruction pairs each

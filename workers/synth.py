@@ -58,15 +58,14 @@ import numpy as np
 import scipy.fft
 import soundfile
 
+from workers.constants import CLIP_SAMPLES, SAMPLE_RATE, SPLITS
+
 WORDS: tuple[str, ...] = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
     "four", "go", "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on",
     "one", "right", "seven", "sheila", "six", "stop", "three", "tree", "two", "up", "visual",
     "wow", "yes", "zero",
 )  # fmt: skip
-SAMPLE_RATE = 16_000
-CLIP_SAMPLES = 16_000  # exactly 1 s, as in Speech Commands
-SPLITS = ("train", "validation", "test")
 
 # Vowel targets F1-F3 in Hz for an adult male vocal tract (Hillenbrand et al. 1995,
 # rounded); a speaker's formant_scale stretches them.

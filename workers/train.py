@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from losses import similarity_losses
 from workers import fskil
 from workers.config import RunConfig
-from workers.data import FEATURES, Split, load_prepared
+from workers.constants import FEATURES
+from workers.data import Split, load_prepared
 from workers.metrics import (
     FSKIL_DETAIL,
     FSKIL_HEADLINE,

@@ -1,0 +1,253 @@
+"""Planning a run or a sweep before anything trains: where it runs, on which data, in which
+folder, with which trials, and whether the cluster can hold it.
+
+The CLI and a Python caller go through these same functions, so both get the same run and
+the same sweep. The order is the user's cheapest check first: the cluster address is
+checked before any data is prepared, and nothing is written before every check passed
+(the synthetic corpus's one-time cache aside).
+
+    cfg = plan_run(RunConfig(scope="local"), address=None)          # then launch.train(cfg)
+    sweep = plan_sweep(RunConfig(epochs=3), variants=["cosine"], seeds=2)
+                                                                     # then sweep.start(sweep)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import variants as names
+from workers import storage
+from workers.config import RunConfig
+from workers.errors import InputError
+
+STUDIES = ("world-size",)
+SCHEDULERS = ("fifo", "asha")
+
+
+# --- where --------------------------------------------------------------------------
+
+
+def default_storage() -> str:
+    """DOTSIM_STORAGE (a cluster sets it to shared storage), else ~/dotsim_results."""
+    return storage.resolve(os.environ.get("DOTSIM_STORAGE") or "~/dotsim_results")
+
+
+def with_storage(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its storage path resolved (the given one, or ``default_storage``)."""
+    return cfg.replace(storage_path=storage.resolve(cfg.storage_path or default_storage()))
+
+
+def located(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its storage path resolved and its run name (the given one, or the
+    default derived from the config)."""
+    return with_storage(cfg).replace(run_name=cfg.run_name or cfg.default_run_name())
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nobody answers at (``ray.init`` would retry for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith("ray://"):
+        raise InputError(f"{address}: Ray Client (ray://) is not supported, as Ray's docs "
+                         "advise for Train and Tune; send the command as a job instead: "
+                         "dotsim submit --address http://HEAD:8265 -- train ...")
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"bad Ray address {address!r}; write HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise InputError(f"cannot reach Ray at {address} ({err.strerror or err}); is the "
+                         "cluster up, and are --address / RAY_ADDRESS right?") from err
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def resolve_data(cfg: RunConfig, class_order_file: Path | None = None) -> RunConfig:
+    """``cfg`` with its data folder resolved and checked (the synthetic corpus, prepared
+    once, when none is given), a class-order file read against its words, and the run's
+    needs checked against its training labels (words for a batch, FSKIL shots)."""
+    import torch
+
+    from workers.fskil import read_class_order
+    from workers.prepared import read_labels, read_meta
+    from workers.train import check_data
+
+    cfg = cfg.replace(data=_data_folder(cfg.data))
+    meta = read_meta(cfg.data)
+    if class_order_file is not None:
+        if cfg.protocol != "fskil":
+            raise InputError("--class-order orders the words of --protocol fskil; add it")
+        cfg = cfg.replace(class_order=read_class_order(class_order_file, meta["labels"],
+                                                       cfg.fskil))
+    check_data(cfg, meta["labels"], torch.from_numpy(read_labels(cfg.data, meta, "train")))
+    return cfg
+
+
+def _data_folder(data: str | None) -> str:
+    """An absolute, checked prepared folder; the synthetic cache when none is given."""
+    from orchestrator.prepare import ensure_synthetic
+    from workers.prepared import check_prepared
+
+    if data is None:
+        return str(ensure_synthetic())
+    location = storage.resolve(data)
+    storage.check_reachable(location)
+    check_prepared(location)  # PreparedDataError (an InputError) names what is wrong
+    return location
+
+
+# --- a run --------------------------------------------------------------------------
+
+
+def plan_run(cfg: RunConfig, *, address: str | None = None,
+             class_order_file: Path | None = None) -> RunConfig:
+    """The run ``cfg`` describes, checked and located: address first, then the GPU, the
+    data and the storage (nothing is written before all of them passed)."""
+    check_address(address)
+    if cfg.gpu and not address and not _local_gpu():
+        raise InputError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
+                         "--address of a GPU cluster")
+    cfg = located(resolve_data(cfg, class_order_file))
+    storage.check_writable(cfg.storage_path)
+    return cfg
+
+
+def _local_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def local_cpus(cfg: RunConfig) -> int:
+    """A local Ray gets this machine's CPUs, and never fewer than the workers need."""
+    return max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.cpus_per_worker))
+
+
+def concurrency(base: RunConfig, trials: list[dict], resources: dict[str, float],
+                max_concurrent: int | None = None, *, elastic: bool = False) -> int:
+    """Runs at once such that every run's Train workers can be placed on a cluster with
+    ``resources`` (``ray.cluster_resources()``): Tune does not count them, so too many
+    trials would wait on each other until Ray Train gives up.
+
+    A fixed-size cluster refuses a run it cannot place, and a ``max_concurrent`` above
+    what fits. On an ``elastic`` cluster (one behind --address, which may autoscale) the
+    nodes may not be there yet: ``max_concurrent`` is taken as given, else as many as fit
+    now (at least 1).
+    """
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    widest = max(t.get("workers", base.workers) for t in trials)
+    fits = math.floor(cpus / (widest * base.cpus_per_worker) + 1e-9)
+    if base.gpu:
+        fits = min(fits, math.floor(gpus / widest))
+    if elastic:
+        return max(1, min(max_concurrent or max(fits, 1), len(trials)))
+    need = f"{widest} workers x {base.cpus_per_worker:g} CPUs" + (
+        f" and {widest} GPUs" if base.gpu else "")
+    have = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if base.gpu else "")
+    if fits < 1:
+        raise InputError(f"a run of {need} does not fit: the cluster has {have}; lower "
+                         "--workers or --cpus-per-worker")
+    if max_concurrent and max_concurrent > fits:
+        raise InputError(f"--max-concurrent {max_concurrent} cannot be placed: a trial needs "
+                         f"{need} and the cluster has {have}, room for {fits} at once")
+    return min(max_concurrent or fits, len(trials))
+
+
+# --- a sweep ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep as it is started and saved (``sweep.json``): its folder, the base config,
+    the trials (each a dict of the fields it changes), the scheduler, the concurrency
+    asked for, and the study it belongs to."""
+
+    folder: str
+    base: RunConfig
+    trials: list[dict]
+    scheduler: str = "fifo"
+    max_concurrent: int | None = None
+    study: str | None = None
+
+    def definition(self) -> dict:
+        return {"base": self.base.to_dict(), "trials": self.trials,
+                "scheduler": self.scheduler, "max_concurrent": self.max_concurrent,
+                "study": self.study}
+
+    @classmethod
+    def from_definition(cls, folder: str, definition: dict) -> SweepPlan:
+        return cls(folder=folder, base=RunConfig.from_dict(definition["base"]),
+                   trials=definition["trials"], scheduler=definition["scheduler"],
+                   max_concurrent=definition.get("max_concurrent"),
+                   study=definition.get("study"))
+
+
+def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int = 3,
+               grid: list[str] = (), with_detached: bool = False, study: str | None = None,
+               world_sizes: str | list[int] = (1, 2, 4), scheduler: str = "fifo",
+               max_concurrent: int | None = None, name: str | None = None,
+               address: str | None = None, class_order_file: Path | None = None) -> SweepPlan:
+    """The sweep of ``variants`` x ``seeds`` (x ``grid`` items ``KEY=V1,V2``) over ``base``.
+
+    ``study="world-size"`` runs the same global batch at ``world_sizes`` with dropout off
+    (so the distance from world size 1 is the variant's, not dropout's), over
+    ``variants.STUDY_VARIANTS`` unless variants are given. Checks everything a trial would
+    fail on, the address before the data.
+    """
+    check_address(address)
+    _choice("scheduler", scheduler, SCHEDULERS)
+    if study is not None:
+        _choice("study", study, STUDIES)
+    if seeds < 1:
+        raise InputError(f"--seeds must be >= 1; got {seeds}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise InputError(f"--max-concurrent must be >= 1; got {max_concurrent}")
+    chosen = list(variants or (names.STUDY_VARIANTS if study else names.DEFAULT_VARIANTS))
+    if with_detached:
+        chosen += [v + ":detached" for v in chosen if v.count(":") == 2]
+    sizes = parse_world_sizes(world_sizes) if study == "world-size" else None
+    trials = names.trial_configs(chosen, seeds, names.parse_grid(list(grid)), sizes)
+    if sizes:
+        base = base.replace(dropout=0.0)
+    base = with_storage(resolve_data(base, class_order_file))
+    storage.check_writable(base.storage_path)
+    folder = storage.join(base.storage_path,
+                          name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return SweepPlan(folder=folder, base=base, trials=trials, scheduler=scheduler,
+                     max_concurrent=max_concurrent, study=study)
+
+
+def fit_study(plan: SweepPlan, resources: dict[str, float]) -> SweepPlan:
+    """A world-size study with CPUs per worker such that its widest world size fits the
+    cluster (fractions allowed); any other sweep as it is."""
+    if plan.study != "world-size":
+        return plan
+    widest = max(t["workers"] for t in plan.trials)
+    cpus = min(plan.base.cpus_per_worker,
+               round((resources.get("CPU", 1) - 0.05) / widest, 3))
+    return SweepPlan(**{**plan.__dict__, "base": plan.base.replace(cpus_per_worker=cpus)})
+
+
+def parse_world_sizes(sizes: str | list[int]) -> list[int]:
+    """``"1,2,4"`` (or a list) -> sorted distinct sizes, which must include 1."""
+    try:
+        parsed = sorted({int(x) for x in (sizes.split(",") if isinstance(sizes, str)
+                                          else sizes)})
+    except ValueError as err:
+        raise InputError(f"--world-sizes {sizes!r}: write numbers like 1,2,4") from err
+    if not parsed or parsed[0] != 1:
+        raise InputError("--world-sizes must include 1 (the reference) and be >= 1")
+    return parsed
+
+
+def _choice(kind: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise InputError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
