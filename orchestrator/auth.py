@@ -16,3 +16,11 @@ def ray_auth_token() -> str | None:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     file = Path(path).expanduser() if path else TOKEN_FILE.expanduser()
     return file.read_text().strip() if file.is_file() else None
+
+
+def token_mode_for_ray() -> None:
+    """RAY_AUTH_MODE=token in this process when a Ray token is configured and no mode is
+    set, as Ray's own `ray` commands do: Ray sends the token only in token mode, and reads
+    the mode once, when it is imported. The CLI calls this before anything imports Ray."""
+    if "RAY_AUTH_MODE" not in os.environ and ray_auth_token():
+        os.environ["RAY_AUTH_MODE"] = "token"

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 import types
 import typing
 from pathlib import Path
@@ -34,7 +35,7 @@ log = logging.getLogger("dotsim")
 
 # Fields that have their own option name or are not for the command line.
 _OPTION_NAMES = {"gpu": "--gpu/--cpu"}
-_NOT_OPTIONS = {"extra", "class_order"}  # class_order: --class-order FILE
+_NOT_OPTIONS = {"extra", "class_order", "trackers"}  # --class-order FILE, --tracker
 
 
 class _Choice(click.Choice):
@@ -104,6 +105,16 @@ def dashboard_option(func):
                         help="Start the Ray Dashboard on 127.0.0.1:8265 (local Ray only).")(func)
 
 
+def tracker_option(what: str):
+    def add(func):
+        return click.option(
+            "--tracker", "tracker", multiple=True, metavar="mlflow[:URI]|wandb",
+            help=f"Also send {what} to an experiment tracker (repeatable): mlflow "
+                 "(MLFLOW_TRACKING_URI, or mlflow:URI) or wandb (WANDB_API_KEY, "
+                 "WANDB_PROJECT; offline without a key). docs/trackers.md.")(func)
+    return add
+
+
 # --- the group -----------------------------------------------------------------------
 
 
@@ -130,8 +141,8 @@ def _outcome(err: Exception) -> _Outcome:
 
 
 class DotsimGroup(click.Group):
-    """Applies ``_outcome`` to whatever a command raises (with DOTSIM_DEBUG=1, anything
-    but a Click error keeps its traceback)."""
+    """Applies ``_outcome`` to whatever a command raises (with DOTSIM_DEBUG=1 set, its
+    traceback is printed first)."""
 
     def invoke(self, ctx):
         try:
@@ -139,8 +150,8 @@ class DotsimGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as err:
-            if os.environ.get("DOTSIM_DEBUG"):
-                raise
+            if os.environ.get("DOTSIM_DEBUG"):  # the traceback too; the exit code stays
+                traceback.print_exception(err)
             raise _outcome(err) from err
 
 
@@ -215,28 +226,29 @@ def prepare(source, out, seed, overwrite, use_ray, address, as_json):
 @config_options
 @address_option
 @dashboard_option
+@tracker_option("the run's parameters and every epoch's metrics")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (config, final metrics, history) on stdout.")
-def train(address, dashboard, as_json, class_order_file, **options):
+def train(address, dashboard, tracker, as_json, class_order_file, **options):
     """Train the keyword encoder with DDP workers on Ray Train.
 
-    Without --data, the synthetic corpus is prepared once into ~/.cache/dotsim and reused.
-    The run folder is named after the variant, the seed and a hash of every option that
-    changes results (or --run-name). The same command again resumes an unfinished run
-    from its last checkpoint, and prints a finished run's results without training; a
-    run folder is never reused by different options (exit 2). Ctrl-C stops the run and
-    prints the command that resumes it. Prints one line per epoch on stderr.
+    Without --data: the synthetic corpus, prepared once into $DOTSIM_CACHE (default
+    ~/.cache/dotsim). The run folder is named after the variant, seed and a hash of the
+    options that change results (or --run-name); the same command resumes an unfinished
+    run and prints a finished one's results, and other options are refused there (exit
+    2). Ctrl-C prints the command that resumes. One line per epoch on stderr.
 
     \b
     Example:
       dotsim train
       dotsim train --similarity dot --norm meanstd --scope local --workers 2 --json
+      dotsim train --tracker mlflow:http://127.0.0.1:5000
     """
     from orchestrator.launch import RunInterrupted
     from orchestrator.launch import train as run
 
     cfg = plan.plan_run(build_config(options), address=address,
-                        class_order_file=class_order_file)
+                        class_order_file=class_order_file, trackers=tracker)
     try:
         summary = run(cfg, address=address, dashboard=dashboard)
     except RunInterrupted as stopped:
@@ -277,21 +289,22 @@ def train(address, dashboard, as_json, class_order_file, **options):
                    "--address, --dashboard and --json may be given with it).")
 @address_option
 @dashboard_option
+@tracker_option("every trial, grouped under the sweep, and the report")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concurrent, study,
-          world_sizes, resume_dir, address, dashboard, as_json, class_order_file, **options):
+          world_sizes, resume_dir, address, dashboard, tracker, as_json, class_order_file,
+          **options):
     """Compare loss variants with Ray Tune: variants x seeds (x --grid), then report.
 
     Default: cosine and dot x {minmax, meanstd} x {global, local}, 3 seeds. Each trial's
-    start, epochs and end are shown on stderr with the time left. Ctrl-C (exit 130), then
-    --resume SWEEP_DIR continues; failed trials are reported (exit 1) and --resume re-runs
-    them. Curves: tensorboard --logdir SWEEP_DIR. More: docs/sweeps.md.
+    start, epochs and end go to stderr with the time left. After Ctrl-C (exit 130) or
+    failed trials (exit 1), --resume SWEEP_DIR continues. docs/sweeps.md has more.
 
     \b
     Example:
       dotsim sweep --epochs 12 --seeds 3
       dotsim sweep --variants cosine,dot:meanstd:global --grid w_lpc=0.5,1 --seeds 2
-      dotsim sweep --study world-size --variants dot:minmax:global,dot:minmax:local
+      dotsim sweep --study world-size --tracker mlflow
       dotsim sweep --resume ~/dotsim_results/sweep-2026-11-27_10-00-00
     """
     from orchestrator import sweep as sweeps
@@ -304,7 +317,7 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
         build_config(options), variants=variants.split(",") if variants else None,
         seeds=seeds, grid=list(grid_items), with_detached=with_detached, study=study,
         world_sizes=world_sizes, scheduler=scheduler, max_concurrent=max_concurrent,
-        name=name, address=address, class_order_file=class_order_file)
+        name=name, address=address, class_order_file=class_order_file, trackers=tracker)
     _run_then_report(lambda: sweeps.start(planned, address=address, dashboard=dashboard),
                      planned.folder, as_json)
 
@@ -319,16 +332,20 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--plot/--no-plot", default=True, show_default=True,
               help="Write comparison.png (and sessions.png under FSKIL) into SWEEP_DIR.")
-def report(sweep_dir, baseline, fmt, as_json, plot):
+@tracker_option("the report's Markdown, JSON and plots, as files of the sweep's run,")
+def report(sweep_dir, baseline, fmt, as_json, plot, tracker):
     """Summarise a sweep: accuracy with 95% intervals, paired comparisons, plots.
 
     \b
     Example:
       dotsim report ~/dotsim_results/sweep-2026-11-27_10-00-00
       dotsim report SWEEP_DIR --baseline dot:minmax:local --json
+      dotsim report SWEEP_DIR --tracker mlflow
     """
     storage.check_reachable(sweep_dir)
-    _print_report(sweep_dir, as_json or fmt == "json", baseline=baseline, plot=plot)
+    specs = plan.plan_trackers(tracker)
+    _print_report(sweep_dir, as_json or fmt == "json", baseline=baseline, plot=plot,
+                  trackers=specs)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -341,9 +358,8 @@ def report(sweep_dir, baseline, fmt, as_json, plot):
 def submit(args, address, no_wait, working_dir):
     """Run a dotsim command on a cluster as a Ray Job.
 
-    Everything after -- is the dotsim command to run there. Its logs stream here, and the
-    exit code is non-zero when it fails; `dotsim job` follows and stops jobs. The Ray
-    token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+    Everything after -- is the dotsim command to run there; its logs stream here, and a
+    failed job exits non-zero. `dotsim job` follows and stops jobs. docs/cluster.md.
 
     \b
     Example:
@@ -353,7 +369,8 @@ def submit(args, address, no_wait, working_dir):
     from orchestrator import submit as jobs
 
     if args and args[0] in JOB_VERBS:
-        raise InputError(f"'dotsim submit {args[0]}' is now 'dotsim job {args[0]} JOB_ID'")
+        raise InputError(f"'{args[0]}' is a job verb, not a dotsim command to submit: "
+                         f"dotsim job {args[0]} JOB_ID")
     if args and args[0] not in cli.commands:
         raise InputError(f"{args[0]!r} is not a dotsim command; after -- write one of "
                          f"{', '.join(sorted(cli.commands))}")
@@ -492,17 +509,32 @@ def _run_then_report(run, folder: str, as_json: bool) -> None:
     except SweepFailed as failed:
         for line in failure_lines(failed.trials):
             log.info(line)
-        _print_report(folder, as_json)
+        _print_report(folder, as_json, trackers=_sweep_trackers(folder))
         raise
-    _print_report(folder, as_json)
+    _print_report(folder, as_json, trackers=_sweep_trackers(folder))
+
+
+def _sweep_trackers(folder: str) -> list[dict]:
+    """The trackers a sweep ran with (its sweep.json), its own runs in them included."""
+    from orchestrator.results import read_definition
+
+    return read_definition(folder)["base"].get("trackers", [])
 
 
 def _print_report(sweep_dir: str, as_json: bool, baseline: str | None = None,
-                  plot: bool = True) -> None:
+                  plot: bool = True, trackers: list[dict] = ()) -> None:
+    """Print the report; then its files go to the sweep's run in each of ``trackers``."""
     from orchestrator import report as reports
 
-    result = reports.make(storage.resolve(sweep_dir), baseline=baseline, with_plots=plot)
-    click.echo(json.dumps(result, default=str) if as_json else reports.to_markdown(result))
+    sweep_dir = storage.resolve(sweep_dir)
+    result = reports.make(sweep_dir, baseline=baseline, with_plots=plot)
+    markdown = reports.to_markdown(result)
+    click.echo(json.dumps(result, default=str) if as_json else markdown)
+    if trackers:
+        from orchestrator.trackers import attach_report
+
+        attach_report(sweep_dir, list(trackers), result, markdown,
+                      sweep_specs=_sweep_trackers(sweep_dir))
 
 
 # --- options typed on the command line -------------------------------------------------
@@ -517,6 +549,8 @@ def _typed(ctx: click.Context) -> list[click.Parameter]:
 def _resume_command(ctx: click.Context, run_name: str) -> str:
     """``dotsim train`` with the options the user gave on the command line (not those
     from the environment, which the next shell has too) and the run's name."""
+    from orchestrator.trackers import scrub
+
     words = ["dotsim", ctx.info_name]
     for param in _typed(ctx):
         value = ctx.params.get(param.name)
@@ -526,8 +560,11 @@ def _resume_command(ctx: click.Context, run_name: str) -> str:
             flags = param.opts if value else param.secondary_opts
             words += flags[:1]
         else:
-            words += [param.opts[0], str(value)]
-    return shlex.join([*words, "--run-name", run_name])
+            for one in value if param.multiple else [value]:
+                words += [param.opts[0], str(one)]
+    # a password typed in a tracker's URI is not printed back (it is in the environment
+    # variables MLflow reads while this command runs, not in the next shell's)
+    return shlex.join(scrub(word) for word in [*words, "--run-name", run_name])
 
 
 RESUME_OPTIONS = ("resume_dir", "address", "dashboard", "as_json")
@@ -585,16 +622,20 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv=None) -> None:
     """Entry point: run the group; print how it ended on stderr and exit with its code."""
+    from orchestrator.auth import token_mode_for_ray
+
+    token_mode_for_ray()  # before any command imports Ray
     try:
         cli.main(args=argv, prog_name="dotsim", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
     except click.Abort:
         click.echo("dotsim: aborted", err=True)
         sys.exit(130)
     except _Outcome as ended:
         click.echo(f"dotsim: {ended.format_message()}", err=True)
         sys.exit(ended.exit_code)
+    except click.exceptions.NoArgsIsHelpError as bare:  # `dotsim`, `dotsim job`: the help
+        click.echo(bare.ctx.get_help())
+        sys.exit(0)
     except click.ClickException as err:  # Click's own usage errors: exit 2, one line
         click.echo(f"dotsim: error: {err.format_message()}".splitlines()[0], err=True)
         sys.exit(err.exit_code)

@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator.auth import ray_auth_token
+from orchestrator import trackers
 from orchestrator.plan import check_address, concurrency, local_cpus, located
 from orchestrator.progress import epoch_line
 from orchestrator.versions import code_version, package_versions
@@ -41,7 +41,8 @@ progress = logging.getLogger("dotsim.progress")
 
 
 # GPU nodes of an autoscaling cluster take minutes to join (boot, pull the image, install
-# torch): a Train worker group waits this long for them (Ray Train's default is 60 s).
+# torch): a Train worker group waits this long for them (Ray Train's default is 60 s). On a
+# fixed cluster the resources are checked before anything starts, so it costs nothing.
 START_TIMEOUT_S = 1800
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train reads it
 
@@ -56,9 +57,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
 
     Local: dashboard off unless asked (heavy on small machines), and then on 127.0.0.1
     only; Ray 2.60 turns token authentication on for a local cluster it starts. Remote:
-    a token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent, and
-    the job's processes wait START_TIMEOUT_S for a worker group. A Ray that this function
-    started is shut down on exit. Yields Ray's context of the connection (its dashboard
+    Ray sends the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) in
+    token mode (``auth.token_mode_for_ray``). A Ray that this function started is shut down on
+    exit. Yields Ray's context of the connection (its dashboard
     URL, ...), or None when Ray was connected already.
     """
     check_address(address)  # even when connected already: a wrong address is an error
@@ -69,9 +70,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     # where it matters (--dashboard), and the token is never needed otherwise
     with quiet("ray._private.authentication", logging.ERROR):
         if address:
-            with _token_mode():
-                context = ray.init(address=address, logging_level=logging.WARNING,
-                                   runtime_env={"env_vars": _job_env()})
+            context = ray.init(address=address, logging_level=logging.WARNING)
         else:
             # Without the dashboard, Ray Train's placement-group cleaner cannot reach the
             # State API and logs a warning every few seconds: keep worker logs local then
@@ -87,25 +86,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         ray.shutdown()
 
 
-def _job_env() -> dict[str, str]:
-    """Environment of every process of the job (Train's controller and workers, Tune's
-    trials): the worker-group start timeout, unless the user set their own."""
-    return {START_TIMEOUT_ENV: os.environ.get(START_TIMEOUT_ENV, str(START_TIMEOUT_S))}
-
-
 @contextlib.contextmanager
-def _token_mode():
-    """RAY_AUTH_MODE=token while connecting when a token is configured (Ray sends the
-    token only in token mode, and reads the mode from the environment alone); the user's
-    own setting stays, and nothing is left changed afterwards."""
-    if "RAY_AUTH_MODE" in os.environ or not ray_auth_token():
+def start_timeout():
+    """The worker-group start timeout for the Train run fitted inside: Ray Train hands the
+    fitting process's value to its controller, which waits that long to place the workers
+    (a Tune trial fits in its own process, and gets the same). A value the user set stays;
+    the process's environment is as it was afterwards."""
+    if START_TIMEOUT_ENV in os.environ:
         yield
         return
-    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ[START_TIMEOUT_ENV] = str(START_TIMEOUT_S)
     try:
         yield
     finally:
-        os.environ.pop("RAY_AUTH_MODE", None)
+        os.environ.pop(START_TIMEOUT_ENV, None)
 
 
 # --- one run -------------------------------------------------------------------------
@@ -143,30 +137,36 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
     ``loop`` is what every Ray Train worker runs (tests wrap it to inject faults);
     ``callbacks`` are Ray Train callbacks (a Tune trial passes TuneReportCallback);
     ``worker_env``: extra environment variables for the workers (e.g. NCCL settings).
-    Raises ``InputError`` when the folder belongs to another config, and ``RunInterrupted``
-    on Ctrl-C.
+    The config's trackers get every epoch (``orchestrator.trackers``), the epochs they lack
+    from an earlier launch first, a finished run's too. Raises ``InputError`` when the
+    folder belongs to another config, and ``RunInterrupted`` on Ctrl-C.
     """
     assert cfg.data is not None, "resolve the data folder before launching"
     cfg = located(cfg)
     location = run_location(cfg)
     try:
         history, owner = bind_run(cfg, location)
-        if is_finished(history, cfg.epochs):  # the config it was trained with, not this one
-            return _summary(owner, location, history, already_finished=True)
-        with _progress_printer(cfg, progress) as forward:
-            trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
-                                   worker_env=worker_env)
-            result = _fit(trainer, cfg, location)
+        finished = is_finished(history, cfg.epochs)  # by the config it was trained with
+        with trackers.tracking(cfg.trackers, storage.join(location, RECORD_FILE), history,
+                               finished=finished) as tracked:
+            if not finished:
+                with _progress_printer(cfg, progress,
+                                       tracked.send if tracked.active else None) as forward:
+                    trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
+                                           worker_env=worker_env)
+                    history = checkpoint_history(_fit(trainer, cfg, location).checkpoint)
     except KeyboardInterrupt as stop:  # Ctrl-C before Ray Train's own handler is in place
         raise RunInterrupted(cfg, len(run_history(location))) from stop
-    return _summary(cfg, location, checkpoint_history(result.checkpoint))
+    return _summary(owner if finished else cfg, location, history, already_finished=finished,
+                    tracked=tracked.outcome())
 
 
 def _summary(cfg: RunConfig, location: str, history: list[dict], *,
-             already_finished: bool = False) -> dict:
+             already_finished: bool = False, tracked: list[dict] = ()) -> dict:
     return {"run_name": cfg.run_name, "path": location, "variant": cfg.variant,
             "config": cfg.to_dict(), "metrics": history[-1] if history else {},
-            "history": history, "already_finished": already_finished}
+            "history": history, "already_finished": already_finished,
+            "trackers": list(tracked)}
 
 
 def make_trainer(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_worker,
@@ -203,7 +203,8 @@ def _fit(trainer: TorchTrainer, cfg: RunConfig, location: str) -> ray.train.Resu
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
-        return trainer.fit()
+        with start_timeout():
+            return trainer.fit()
     except SystemExit as stop:  # raised only by Ray Train's SIGINT handler
         raise RunInterrupted(cfg, len(run_history(location))) from stop
     finally:
@@ -333,10 +334,13 @@ class ForwardMetrics(ray.train.UserCallback):
 
 
 @contextlib.contextmanager
-def _progress_printer(cfg: RunConfig, enabled: bool):
+def _progress_printer(cfg: RunConfig, enabled: bool, send: Callable[[dict], None] | None = None):
     """Yields the callbacks that bring each epoch's metrics to a thread here, which prints
-    one line per epoch on stderr; the thread drains the queue after the run ends."""
-    if not enabled:
+    one line per epoch on stderr (when ``enabled``) and hands the metrics to ``send`` (the
+    trackers, which never wait on their own); the thread drains the queue after the run
+    ends. The Train controller only puts each report into the queue: a callback that called
+    a tracker there would hold the controller's loop, and an error in it would fail the run."""
+    if not enabled and send is None:
         yield []
         return
     # on the driver's node: losing another node must not take the progress queue with it
@@ -352,7 +356,10 @@ def _progress_printer(cfg: RunConfig, enabled: bool):
                 if done.is_set():
                     return
                 continue
-            progress.info(epoch_line(cfg.run_name, cfg.epochs, metrics))
+            if enabled:
+                progress.info(epoch_line(cfg.run_name, cfg.epochs, metrics))
+            if send is not None:
+                send(metrics)
 
     thread = threading.Thread(target=pump, name="dotsim-progress", daemon=True)
     thread.start()

@@ -17,10 +17,12 @@ import math
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import variants as names
+from orchestrator.results import check_new_sweep
 from workers import storage
 from workers.config import RunConfig
 from workers.errors import InputError
@@ -67,6 +69,21 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
                          "cluster up, and are --address / RAY_ADDRESS right?") from err
 
 
+# --- trackers -----------------------------------------------------------------------
+
+
+def plan_trackers(words: Sequence[str] = (), specs: Sequence[dict] = ()) -> list[dict]:
+    """The experiment trackers ``words`` name (``--tracker mlflow[:URI]``, ``wandb``), or
+    ``specs`` resolved before (a sweep being resumed), each reached now: a tracker that
+    cannot be used is an InputError before Ray starts and anything trains."""
+    from orchestrator import trackers
+
+    resolved = trackers.resolve(words) if words else list(specs)
+    for spec in resolved:
+        trackers.check(spec)
+    return resolved
+
+
 # --- data ---------------------------------------------------------------------------
 
 
@@ -108,16 +125,17 @@ def _data_folder(data: str | None) -> str:
 
 
 def plan_run(cfg: RunConfig, *, address: str | None = None,
-             class_order_file: Path | None = None) -> RunConfig:
+             class_order_file: Path | None = None, trackers: Sequence[str] = ()) -> RunConfig:
     """The run ``cfg`` describes, checked and located: address first, then the GPU, the
-    data and the storage (nothing is written before all of them passed)."""
+    trackers (``--tracker`` words), the storage and the data, which may take minutes to
+    prepare (nothing is written before all of them passed)."""
     check_address(address)
     if cfg.gpu and not address and not _local_gpu():
         raise InputError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
                          "--address of a GPU cluster")
-    cfg = located(resolve_data(cfg, class_order_file))
-    storage.check_writable(cfg.storage_path)
-    return cfg
+    cfg = cfg.replace(trackers=plan_trackers(trackers, cfg.trackers))
+    storage.check_writable(with_storage(cfg).storage_path)
+    return located(resolve_data(cfg, class_order_file))
 
 
 def _local_gpu() -> bool:
@@ -194,13 +212,15 @@ def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int
                grid: list[str] = (), with_detached: bool = False, study: str | None = None,
                world_sizes: str | list[int] = (1, 2, 4), scheduler: str = "fifo",
                max_concurrent: int | None = None, name: str | None = None,
-               address: str | None = None, class_order_file: Path | None = None) -> SweepPlan:
+               address: str | None = None, class_order_file: Path | None = None,
+               trackers: Sequence[str] = ()) -> SweepPlan:
     """The sweep of ``variants`` x ``seeds`` (x ``grid`` items ``KEY=V1,V2``) over ``base``.
 
     ``study="world-size"`` runs the same global batch at ``world_sizes`` with dropout off
     (so the distance from world size 1 is the variant's, not dropout's), over
     ``variants.STUDY_VARIANTS`` unless variants are given. Checks everything a trial would
-    fail on, the address before the data.
+    fail on, the address before the trackers (``--tracker`` words), the trackers before the
+    data.
     """
     check_address(address)
     _choice("scheduler", scheduler, SCHEDULERS)
@@ -214,15 +234,34 @@ def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int
     if with_detached:
         chosen += [v + ":detached" for v in chosen if v.count(":") == 2]
     sizes = parse_world_sizes(world_sizes) if study == "world-size" else None
-    trials = names.trial_configs(chosen, seeds, names.parse_grid(list(grid)), sizes)
+    trials = names.trial_configs(chosen, seeds, names.parse_grid(list(grid)), sizes, base)
+    base = base.replace(trackers=plan_trackers(trackers, base.trackers))
     if sizes:
         base = base.replace(dropout=0.0)
-    base = with_storage(resolve_data(base, class_order_file))
+    base = with_storage(base)
     storage.check_writable(base.storage_path)
     folder = storage.join(base.storage_path,
                           name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    check_new_sweep(folder)
+    base = resolve_data(base, class_order_file)
+    _check_trials(base, trials)
     return SweepPlan(folder=folder, base=base, trials=trials, scheduler=scheduler,
                      max_concurrent=max_concurrent, study=study)
+
+
+def _check_trials(base: RunConfig, trials: list[dict]) -> None:
+    """Every trial's own config is valid and fits the data: a --grid or a world size may
+    change the batch, the workers or the shots, and a trial that fails on them in Tune
+    would fail the sweep an hour in."""
+    import torch
+
+    from workers.prepared import read_labels, read_meta
+    from workers.train import check_data
+
+    meta = read_meta(base.data)
+    train = torch.from_numpy(read_labels(base.data, meta, "train"))
+    for trial in trials:
+        check_data(base.replace(**trial), meta["labels"], train)
 
 
 def fit_study(plan: SweepPlan, resources: dict[str, float]) -> SweepPlan:

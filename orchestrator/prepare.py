@@ -11,13 +11,11 @@ import collections
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
-
 from orchestrator.plan import check_address
+from orchestrator.progress import bar
 from workers import storage
 from workers.corpus import (
     Chunk,
@@ -89,7 +87,7 @@ def prepare(source: Path | None, out: Path, *, seed: int = 0, overwrite: bool = 
             labels, chunks = speech_commands_chunks(Path(source), size=CHUNK_CLIPS)
             origin = {"source": str(Path(source).resolve())}
         results = _run_ray(chunks, settings) if use_ray else _run_local(chunks, settings)
-        with _progress(results, len(chunks), progress) as done:
+        with bar(results, len(chunks), "prepare", enabled=progress) as done:
             for chunk, features in done:
                 writer.write(chunk.split, features, chunk.labels, chunk.speakers, chunk.clips)
         path = writer.commit({**settings.to_meta(), "labels": labels, **origin})
@@ -132,10 +130,3 @@ def _run_ray(chunks: list[Chunk], settings, in_flight: int | None = None):
     while pending:
         done, ref = pending.popleft()
         yield done, ray.get(ref)
-
-
-def _progress(items, total: int, enabled: bool):
-    """``items`` with a progress bar on a terminal (stderr), as they are otherwise."""
-    if enabled and sys.stderr.isatty():
-        return click.progressbar(items, length=total, label="prepare", file=sys.stderr)
-    return contextlib.nullcontext(items)

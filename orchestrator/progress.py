@@ -3,19 +3,31 @@ line as each trial starts and ends, its epochs, and how many trials are left wit
 estimate of the time they take.
 
 Lines go to the ``dotsim.progress`` logger; the CLI prints them on stderr (stdout stays
-for results, e.g. ``--json``), a Python caller routes them where it likes.
+for results, e.g. ``--json``), a Python caller routes them where it likes. Work counted in
+chunks (``prepare``) shows a bar on a terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ray import tune
 
 log = logging.getLogger("dotsim.progress")
+
+
+def bar(items: Iterable, total: int, label: str, *, enabled: bool = True):
+    """``items`` with a progress bar on stderr when it is a terminal, as they are else."""
+    if enabled and sys.stderr.isatty():
+        import click
+
+        return click.progressbar(items, length=total, label=label, file=sys.stderr)
+    return contextlib.nullcontext(items)
 
 
 def epoch_line(run_name: str, epochs: int, m: dict) -> str:
@@ -67,12 +79,15 @@ class SweepProgress(tune.Callback):
         self.epoch_done: dict[str, int] = {}  # running trial -> epochs it reported here
         self.durations: list[float] = []  # of the trials that ended here
 
-    def _count(self, trials) -> None:
-        if self.done is None:  # trials that had ended before this driver started
-            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+    def _count(self, trials, trial) -> None:
+        """At the first callback: the trials that had ended before this driver started
+        (not ``trial``, whose own start or end the callback is about to count)."""
+        if self.done is None:
+            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials
+                            if t is not trial)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._count(trials)
+        self._count(trials, trial)
         name = self.name(trial)
         self.started[name], self.epoch_done[name] = self.clock(), 0
         self.say(f"[sweep] started {name} ({len(self.started)} running, "
@@ -88,14 +103,16 @@ class SweepProgress(tune.Callback):
                  f"({result.get('epoch_seconds', float('nan')):.1f}s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._count(trials)
-        value = (trial.last_result or {}).get(self.metric)
-        headline = f"{self.metric} {value:.4f}" if isinstance(value, int | float) else \
-            f"no {self.metric}"
-        self._ended(trial, f"ended: {headline}")
+        self._count(trials, trial)
+        result = trial.last_result or {}
+        value = result.get(self.metric)
+        if isinstance(value, int | float):
+            self._ended(trial, f"finished: {self.metric} {value:.4f}")
+        else:  # ended before its final metrics: stopped early by the scheduler
+            self._ended(trial, f"stopped after epoch {result.get('epoch', 0)}/{self.epochs}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._count(trials)
+        self._count(trials, trial)
         self._ended(trial, "FAILED (its error is listed when the sweep ends)")
 
     def _ended(self, trial, what: str) -> None:

@@ -41,6 +41,14 @@ def read_definition(sweep_dir: str) -> dict:
     return storage.read_json(path)
 
 
+def check_new_sweep(sweep_dir: str) -> None:
+    """A sweep starts only in a folder that holds none: another sweep's state would be
+    mixed into it."""
+    if storage.exists(storage.join(sweep_dir, SWEEP_FILE)):
+        raise InputError(f"{sweep_dir} already holds a sweep; pass --resume to continue it "
+                         "or choose another --name")
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     name: str

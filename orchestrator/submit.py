@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -51,6 +53,13 @@ def runtime_env(working_dir: str | None) -> dict | None:
     .gitignore lists), and the commit it holds, since .git stays here."""
     if not working_dir:
         return None
+    ignored = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE") == "1"  # the user's choice
+    if Path(working_dir).is_dir() and not (Path(working_dir) / ".gitignore").is_file() \
+            and not ignored:
+        raise InputError(f"{working_dir} has no .gitignore: the job's upload leaves out what "
+                         "that file lists (environments, data, results), so without one it "
+                         "would send them all; add one (dotsim's own is a start) or pass "
+                         "--working-dir ''")
     return {"working_dir": working_dir, "excludes": EXCLUDES,
             "env_vars": {CODE_VERSION_ENV: code_version()}}
 

@@ -15,13 +15,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 
 import ray
 from ray import tune
 
+from orchestrator import trackers
 from orchestrator.cluster import HEAD_RESOURCE
-from orchestrator.launch import quiet, ray_session, run_history
-from orchestrator.plan import SCHEDULERS, SweepPlan, concurrency, fit_study, local_cpus
+from orchestrator.launch import RECORD_FILE, quiet, ray_session, run_history
+from orchestrator.plan import (
+    SCHEDULERS,
+    SweepPlan,
+    concurrency,
+    fit_study,
+    local_cpus,
+    plan_trackers,
+)
 from orchestrator.progress import SweepProgress, plan_line
 from orchestrator.results import (
     RESULTS_FILE,
@@ -29,6 +38,7 @@ from orchestrator.results import (
     SWEEP_FILE,
     TUNE_NAME,
     TrialOutcome,
+    check_new_sweep,
     read_definition,
     write_results,
 )
@@ -95,16 +105,19 @@ def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
     returns every trial's outcome (results.parquet is written). Raises
     ``SweepInterrupted`` or ``SweepFailed`` after writing the results when trials are
     left over or failed."""
-    if storage.exists(storage.join(plan.folder, SWEEP_FILE)):
-        raise InputError(f"{plan.folder} already holds a sweep; pass --resume to continue it "
-                         "or choose another --name")
+    check_new_sweep(plan.folder)  # again: the folder may have filled since it was planned
     plan = fit_study(plan, ray.cluster_resources())
     at_once = concurrency(plan.base, plan.trials, ray.cluster_resources(),
                           plan.max_concurrent, elastic=elastic)
+    if plan.base.trackers:  # the sweep's own tracker runs, which its trials are grouped under
+        plan = SweepPlan(**{**plan.__dict__, "base": plan.base.replace(
+            trackers=trackers.open_sweep(plan.base.trackers, plan.folder,
+                                         plan.base.to_dict()))})
     tuner = build_tuner(plan, at_once)
     storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
     log.info(plan_line(len(plan.trials), at_once, plan.folder))
-    return _fit(tuner, plan.folder)
+    with trackers.sweep_run(plan.base.trackers):
+        return _fit(tuner, plan.folder)
 
 
 def resume(sweep_dir: str, *, address: str | None = None,
@@ -112,6 +125,7 @@ def resume(sweep_dir: str, *, address: str | None = None,
     """Connect and continue the sweep in ``sweep_dir`` as it was defined."""
     storage.check_reachable(sweep_dir)
     base = RunConfig.from_dict(read_definition(sweep_dir)["base"])
+    plan_trackers(specs=base.trackers)
     with ray_session(address, num_cpus=local_cpus(base), dashboard=dashboard):
         return resume_sweep(sweep_dir)
 
@@ -120,14 +134,16 @@ def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
     """Continue a sweep (Ray connected): finished trials stay; unfinished and errored
     ones continue from their last checkpoint (their Train run names are stable)."""
     sweep_dir = storage.resolve(sweep_dir)
-    read_definition(sweep_dir)  # a clear error for a folder that is not a sweep
+    # read first: a clear error for a folder that is not a sweep
+    specs = read_definition(sweep_dir)["base"].get("trackers", [])
     tune_dir = storage.join(sweep_dir, TUNE_NAME)
     if not tune.Tuner.can_restore(tune_dir):
         raise InputError(f"{tune_dir} holds no Tune state to resume; start the sweep again")
     tuner = tune.Tuner.restore(tune_dir, tune.with_resources(_run_trial, trial_resources()),
                                resume_unfinished=True, resume_errored=True)
     log.info(f"Resuming the sweep in {sweep_dir}")
-    return _fit(tuner, sweep_dir)
+    with trackers.sweep_run(specs, resumed=True):
+        return _fit(tuner, sweep_dir)
 
 
 def build_tuner(plan: SweepPlan, at_once: int) -> tune.Tuner:
@@ -198,6 +214,8 @@ def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
         tuner.fit()
     outcomes = trial_outcomes(sweep_dir)
     write_results(sweep_dir, outcomes)
+    for line in tracker_gaps(outcomes):
+        log.warning(line)
     left = [o.name for o in outcomes if o.status == "UNFINISHED"]
     failed = [o for o in outcomes if o.status == "ERROR"]
     if left:
@@ -212,10 +230,36 @@ def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
 
 
 def _tune_output_silenced():
-    """Tune prints on stdout even at verbose=0, among it a TensorBoard hint that names
-    Ray's session folder rather than the sweep folder where the curves are. stdout is for
-    results (--json); the sweep's own progress lines (SweepProgress) say what is needed."""
-    return contextlib.redirect_stdout(io.StringIO())
+    """stdout while Tune runs goes to stderr (stdout is for results: --json), less Tune's
+    own pointers: even at verbose=0 it prints where its state is and a TensorBoard hint
+    that names Ray's session folder rather than the sweep folder where the curves are.
+    What else arrives (worker output on a cluster) is kept."""
+    return contextlib.redirect_stdout(_WithoutTuneHints())
+
+
+class _WithoutTuneHints(io.TextIOBase):
+    """A stdout that forwards whole lines to stderr, but Tune's own and blank ones."""
+
+    # where Tune keeps its state, its TensorBoard hint, and its box of the search and
+    # scheduler (the sweep's own first line says how many trials, where)
+    HINTS = ("View detailed results here:", "To visualize your results with TensorBoard",
+             "╭", "│", "├", "╰")
+
+    def __init__(self):
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith(self.HINTS):
+                sys.stderr.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 # --- outcomes ------------------------------------------------------------------------
@@ -273,6 +317,20 @@ def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None]]:
         error = trial.get_error() if trial.status == "ERROR" else None
         states[trial_name(cfg, trial.config["trial"])] = (trial.status, last_line(error))
     return states
+
+
+def tracker_gaps(outcomes: list[TrialOutcome]) -> list[str]:
+    """What of each trial's epochs did not reach the sweep's trackers, by the trials' run
+    records (the trials run elsewhere; what they said there is not seen here)."""
+    lines = []
+    for o in outcomes:
+        record_path = storage.join(o.cfg.storage_path, o.cfg.run_name, RECORD_FILE)
+        if not o.cfg.trackers or not o.history or not storage.exists(record_path):
+            continue
+        lines += trackers.gaps(o.cfg.trackers, storage.read_json(record_path),
+                               [int(h["epoch"]) for h in o.history], o.name,
+                               resend=f"in the sweep's {RESULTS_FILE}")
+    return lines
 
 
 def last_line(text) -> str | None:

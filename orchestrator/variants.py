@@ -77,8 +77,11 @@ def _typed(kind, text: str, key: str):
 
 
 def trial_configs(variants: list[str], seeds: int, grid: dict[str, list],
-                  world_sizes: list[int] | None = None) -> list[dict]:
-    """The trials: variant fields x seed x grid values (x world size), deduplicated."""
+                  world_sizes: list[int] | None = None,
+                  base: RunConfig | None = None) -> list[dict]:
+    """The trials: variant fields x seed x grid values (x world size), deduplicated; each
+    checked as a config on top of ``base`` (the sweep's; RunConfig's defaults if None)."""
+    base = base or RunConfig()
     seen, trials = set(), []
     axes = [grid[k] for k in grid] + ([world_sizes] if world_sizes else [])
     keys = list(grid) + (["workers"] if world_sizes else [])
@@ -86,7 +89,7 @@ def trial_configs(variants: list[str], seeds: int, grid: dict[str, list],
                                                    itertools.product(*axes)):
         fields = parse_variant(variant)
         trial = {**fields, "seed": seed, **dict(zip(keys, values, strict=True))}
-        named, made = RunConfig(**fields).variant, RunConfig(**trial).variant
+        named, made = base.replace(**fields).variant, base.replace(**trial).variant
         if made != named:  # the trial would be named, and compared, as another variant
             raise InputError(f"--grid {_grid_text(keys, values)} turns variant {named} into "
                              f"{made}; ask for {made} with --variants instead")

@@ -60,6 +60,22 @@ def small_prepared(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def speech_commands(tmp_path_factory):
+    """A small Speech Commands v2 folder (WAV files and the split lists: 35 words said by
+    2/1/1 speakers), made once; a test that changes it works on a copy (``copy_of``)."""
+    from workers import synth
+
+    corpus = synth.make_corpus(3, speakers=(2, 1, 1), clips_per_word_speaker=1)
+    return synth.write_speech_commands(tmp_path_factory.mktemp("sc") / "sc", corpus)
+
+
+def copy_of(folder: Path, where: Path) -> Path:
+    """A copy of ``folder`` at ``where``, to change without touching a shared fixture."""
+    shutil.copytree(folder, where)
+    return where
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 API on 127.0.0.1 for the session (moto in server mode, in a thread of this
     process), reached the way a user reaches MinIO or another S3-compatible store: through

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
+from conftest import copy_of
 from prepared_damage import damaged_copy
 
 from orchestrator.cli import main
@@ -21,15 +22,7 @@ from workers import synth
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def speech_commands(tmp_path_factory):
-    corpus = synth.make_corpus(7, speakers=(1, 1, 1), clips_per_word_speaker=1)
-    return synth.write_speech_commands(tmp_path_factory.mktemp("sc") / "sc", corpus)
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
+_copy = copy_of
 
 
 def _clip(root: Path) -> Path:

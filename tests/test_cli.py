@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli, main
-from workers import synth
 
 COMMANDS = ["prepare", "train", "sweep", "report", "submit", "job", "job status", "job logs",
             "job stop", "cluster", "version"]
@@ -37,6 +36,12 @@ def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(cli, [*command.split(), "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and f"dotsim {command}" in result.output
+
+
+@pytest.mark.parametrize("argv", [[], ["job"]])
+def test_a_bare_group_prints_its_help(argv, capsys):
+    code, out, err = _invoke_main(argv, capsys)
+    assert code == 0 and "Commands:" in out and "Example:" in out and err == ""
 
 
 def test_group_help_lists_commands():
@@ -94,13 +99,13 @@ def test_train_help_shows_config_defaults_and_address_env():
         (["train", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
         (["train", "--gpu"], "no CUDA GPU"),
         (["train", "--data", "/nonexistent/folder"], "is not a prepared data folder"),
-        (["prepare", "/nonexistent/source", "--out", "/tmp/x"], "is not a folder"),
+        (["prepare", "/nonexistent/source", "--out", "{tmp}/out"], "is not a folder"),
         (["prepare"], "Missing option '--out'"),
         (["nosuchcommand"], "No such command"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(args, message, capsys):
-    code, out, err = _invoke_main(args, capsys)
+def test_user_errors_exit_2_with_one_line(args, message, capsys, tmp_path):
+    code, out, err = _invoke_main([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -131,14 +136,13 @@ def test_console_script_user_error_has_no_traceback():
         "dotsim: error: unknown norm 'bad'; allowed: minmax, meanstd"]
 
 
-def test_prepare_speech_commands_folder_json(tmp_path):
-    corpus = synth.make_corpus(5, speakers=(1, 1, 1), clips_per_word_speaker=1)
-    root = synth.write_speech_commands(tmp_path / "sc", corpus)
+def test_prepare_speech_commands_folder_json(tmp_path, speech_commands):
+    root = speech_commands
     result = CliRunner().invoke(cli, ["prepare", str(root), "--out", str(tmp_path / "p"),
                                       "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["counts"] == {"train": 35, "validation": 35, "test": 35}
+    assert summary["counts"] == {"train": 70, "validation": 35, "test": 35}
     assert (tmp_path / "p" / "meta.json").is_file()
     again = CliRunner().invoke(cli, ["prepare", str(root), "--out", str(tmp_path / "p")])
     assert again.exit_code == 2 and "already exists" in again.output

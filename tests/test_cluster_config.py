@@ -28,7 +28,6 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator import cluster as launcher
-from orchestrator import submit as jobs
 from orchestrator.auth import TOKEN_FILE
 from orchestrator.cli import cli
 
@@ -70,6 +69,9 @@ def test_cluster_yaml_passes_rays_own_validation():
 
 
 def test_filled_in_cluster_yaml_passes_validate(tmp_path):
+    text = CLUSTER_YAML.read_text().lower()
+    for secret in ("aws_access_key", "secret", "password", "token:"):
+        assert secret not in text  # credentials come from the environment, never the file
     path = filled_in(tmp_path)
     assert launcher.validate(path)["available_node_types"]["gpu_worker"]["node_config"][
         "ImageId"] == FILLED["ami-00000000000000000"]
@@ -110,6 +112,37 @@ def test_the_image_carries_the_launchers_ray_and_python():
     assert image == f"rayproject/ray:{ray.__version__}-py311-gpu"
     floor = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert floor == ">=3.11"
+
+
+@pytest.mark.parametrize("damage", ["typo_top", "typo_node", "not_yaml", "wrong_type"])
+def test_broken_cluster_yaml_is_rejected(tmp_path, damage):
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    broken = copy.deepcopy(config)
+    if damage == "typo_top":
+        broken["max_worker"] = broken.pop("max_workers")
+    elif damage == "typo_node":
+        broken["available_node_types"]["gpu_worker"]["min_worker"] = 0
+    elif damage == "wrong_type":
+        broken["max_workers"] = "four"
+    path = tmp_path / "cluster.yaml"
+    path.write_text("{[not yaml" if damage == "not_yaml" else yaml.safe_dump(broken))
+    with pytest.raises(ValueError):
+        launcher.validate(path)
+    result = CliRunner().invoke(cli, ["cluster", "up", "--config", str(path)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("action,tail", [("down", ["down", "-y"]), ("status", ["exec"]),
+                                         ("dashboard", ["dashboard"])])
+def test_cluster_actions_call_ray_launcher(tmp_path, action, tail):
+    path = filled_in(tmp_path)
+    with mock.patch("orchestrator.cluster.subprocess.call", return_value=0) as call:
+        result = CliRunner().invoke(cli, ["cluster", action, "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    argv = call.call_args.args[0]
+    assert argv[1:3] == ["-m", "ray.scripts.scripts"] and argv[3:3 + len(tail)] == tail
+    assert argv[-1 if action != "status" else -2] == str(path)
 
 
 # --- what gets synced ---------------------------------------------------------------------
@@ -198,13 +231,6 @@ def test_single_file_mounts_are_not_filtered_out(tmp_path, rsync_options):
         assert (tmp_path / f"{name}.copy").read_text() == "x"
 
 
-def test_cluster_sync_and_job_upload_share_one_list():
-    """Both leave out git's folder and what .gitignore lists (the job upload is checked
-    against a real cluster in test_cluster_ray.py)."""
-    assert jobs.EXCLUDES == config()["rsync_exclude"] == [".git"]
-    assert config()["rsync_filter"] == [".gitignore"]
-
-
 def test_the_start_timeout_is_the_variable_ray_train_reads():
     from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 
@@ -212,6 +238,36 @@ def test_the_start_timeout_is_the_variable_ray_train_reads():
 
     assert START_TIMEOUT_ENV == WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
     assert START_TIMEOUT_S >= 600  # a GPU node boots, pulls the image, installs torch
+
+
+def test_the_start_timeout_is_set_while_a_run_is_fitted_and_a_users_value_stays(
+        monkeypatch):
+    from orchestrator.launch import START_TIMEOUT_ENV, START_TIMEOUT_S, start_timeout
+
+    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
+    with start_timeout():
+        assert os.environ[START_TIMEOUT_ENV] == str(START_TIMEOUT_S)
+    assert START_TIMEOUT_ENV not in os.environ
+    monkeypatch.setenv(START_TIMEOUT_ENV, "77")
+    with start_timeout():
+        assert os.environ[START_TIMEOUT_ENV] == "77"
+    assert os.environ[START_TIMEOUT_ENV] == "77"
+
+
+def test_a_configured_ray_token_puts_ray_in_token_mode(tmp_path, monkeypatch):
+    from orchestrator.auth import token_mode_for_ray
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    token_mode_for_ray()
+    assert "RAY_AUTH_MODE" not in os.environ  # no token: Ray's own default
+    (tmp_path / "none").write_text("t0ken")
+    token_mode_for_ray()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's choice stays
+    token_mode_for_ray()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
 
 
 # --- token auth, dashboard, head resource -------------------------------------------------

@@ -1,9 +1,11 @@
 """A real two-node Ray cluster on 127.0.0.1 (`ray start --head`, `ray start --address`),
 with token authentication on and an isolated HOME, shared by this module's tests:
 `dotsim submit` sends a tiny training job that ends SUCCEEDED, the Jobs API refuses
-requests without the token, and a driver connecting by address gives its job's processes
-the worker-group start timeout."""
+requests without the token, `dotsim train --address` sends the token, a run's Train
+controller waits for new nodes as long as dotsim asks, and a job's upload leaves out what
+the cluster's rsync leaves out."""
 
+import json
 import os
 import secrets
 import shutil
@@ -107,28 +109,51 @@ def test_submit_tiny_train_job_succeeds(two_node_cluster, small_prepared, tmp_pa
 
 
 DRIVER = """
-import os, sys, ray
-from orchestrator.launch import START_TIMEOUT_ENV, ray_session
+import json, os, sys, ray
+from orchestrator.launch import START_TIMEOUT_ENV, launch, ray_session
+from tiny import tiny_config
+
+class Probe(ray.train.UserCallback):  # runs in the Train controller's process
+    def __init__(self, path):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "w") as f:
+            f.write(os.environ.get(START_TIMEOUT_ENV, "unset"))
+
 with ray_session(sys.argv[1]):
-    read = ray.remote(num_cpus=0)(lambda: os.environ.get(START_TIMEOUT_ENV))
-    print("job sees", ray.get(read.remote()))
-print("driver keeps", os.environ.get("RAY_AUTH_MODE"), os.environ.get(START_TIMEOUT_ENV))
+    cfg = tiny_config(sys.argv[2], sys.argv[3], workers=1, epochs=1, run_name="probe")
+    launch(cfg, callbacks=[Probe(sys.argv[4])], progress=False)
+print("driver keeps", os.environ.get(START_TIMEOUT_ENV))
 """
 
 
-def test_a_driver_by_address_sends_the_token_and_the_start_timeout(two_node_cluster):
-    """What a driver on the head does (`dotsim train --address`, a submitted job): with
-    RAY_AUTH_MODE unset it connects with the token from ~/.ray/auth_token, its job's
-    processes (Train's controller among them) wait START_TIMEOUT_S for a worker group,
-    and the driver's own environment is left as it was."""
+def test_the_train_controller_waits_for_new_nodes(two_node_cluster, small_prepared, tmp_path):
+    """A run's Train controller waits START_TIMEOUT_S for its worker group (GPU nodes take
+    minutes to join), and the launching process's environment is left as it was."""
     from orchestrator.launch import START_TIMEOUT_S
 
-    env = {k: v for k, v in two_node_cluster["env"].items() if k != "RAY_AUTH_MODE"}
-    done = subprocess.run([sys.executable, "-c", DRIVER, two_node_cluster["gcs"]], env=env,
+    seen = tmp_path / "controller-env"
+    done = subprocess.run([sys.executable, "-c", DRIVER, two_node_cluster["gcs"],
+                           str(small_prepared), str(tmp_path / "runs"), str(seen)],
+                          env={**two_node_cluster["env"],
+                               "PYTHONPATH": os.pathsep.join(sys.path)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"job sees {START_TIMEOUT_S}" in done.stdout
-    assert "driver keeps None None" in done.stdout
+    assert seen.read_text() == str(START_TIMEOUT_S)
+    assert "driver keeps None" in done.stdout
+
+
+def test_train_by_address_sends_the_ray_token(two_node_cluster, small_prepared, tmp_path):
+    """`dotsim train --address HEAD:PORT` from a shell with a token in ~/.ray/auth_token
+    and RAY_AUTH_MODE unset: the CLI puts Ray in token mode before Ray is imported."""
+    env = {k: v for k, v in two_node_cluster["env"].items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run([str(BIN / "dotsim"), "train", "--address", two_node_cluster["gcs"],
+                           "--data", str(small_prepared), "--storage-path",
+                           str(tmp_path / "runs"), *tiny_options(workers=1, epochs=1),
+                           "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["metrics"]["epoch"] == 1
 
 
 LIST_FILES = ("import os; print(sorted(os.path.relpath(os.path.join(d, f)) "

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 import torch
-from conftest import SMALL_CORPUS
+from conftest import SMALL_CORPUS, copy_of
 from prepared_damage import DAMAGES, damaged_copy
 from tiny import tiny_config
 
@@ -65,9 +65,8 @@ def test_features_match_the_audio_module(small_prepared):
         torch.testing.assert_close(got.features[name][:5], want[name])
 
 
-def test_speech_commands_folder_gives_the_same_features(tmp_path):
-    corpus = synth.make_corpus(3, speakers=(2, 1, 1), clips_per_word_speaker=1)
-    root = synth.write_speech_commands(tmp_path / "sc", corpus)
+def test_speech_commands_folder_gives_the_same_features(tmp_path, speech_commands):
+    root = copy_of(speech_commands, tmp_path / "sc")
     (root / "_background_noise_" / "noise.wav").write_bytes(b"ignored")
     summary = prepare(root, tmp_path / "prepared", progress=False)
     assert summary["counts"] == {"train": 70, "validation": 35, "test": 35}
@@ -86,9 +85,8 @@ def test_speech_commands_folder_gives_the_same_features(tmp_path):
     assert data.labels[int(test.labels[0])] == word
 
 
-def test_speech_commands_list_naming_missing_clip_is_an_error(tmp_path):
-    corpus = synth.make_corpus(3, speakers=(1, 1, 1), clips_per_word_speaker=1)
-    root = synth.write_speech_commands(tmp_path / "sc", corpus)
+def test_speech_commands_list_naming_missing_clip_is_an_error(tmp_path, speech_commands):
+    root = copy_of(speech_commands, tmp_path / "sc")
     with (root / "testing_list.txt").open("a") as f:
         f.write("yes/ghost_nohash_0.wav\n")
     with pytest.raises(ValueError, match="missing on disk, e.g. yes/ghost_nohash_0.wav"):
@@ -115,9 +113,8 @@ def test_interrupted_prepare_leaves_nothing_loadable(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_prepare_cleans_up(tmp_path):
-    corpus = synth.make_corpus(3, speakers=(1, 1, 1), clips_per_word_speaker=1)
-    root = synth.write_speech_commands(tmp_path / "sc", corpus)
+def test_failed_prepare_cleans_up(tmp_path, speech_commands):
+    root = copy_of(speech_commands, tmp_path / "sc")
     (root / "yes" / "spk000_nohash_0.wav").write_bytes(b"RIFF not really audio")
     with pytest.raises(ValueError, match="spk000_nohash_0.wav"):
         prepare(root, tmp_path / "out", progress=False)
@@ -408,7 +405,6 @@ def test_feature_settings_are_recorded(small_prepared):
 
 
 @pytest.mark.ray
-@pytest.mark.ray
 @pytest.mark.slow
 def test_prepare_over_ray_tasks_matches_in_process(ray_local, small_prepared, tmp_path):
     prepare(None, tmp_path / "ray", seed=0, progress=False, use_ray=True,
@@ -420,3 +416,13 @@ def test_prepare_over_ray_tasks_matches_in_process(ray_local, small_prepared, tm
         for name in FEATURES:
             torch.testing.assert_close(remote.splits[split].features[name],
                                        local.splits[split].features[name])
+
+
+@pytest.mark.parametrize("keep", ["two", "-1", "1.5", ""])
+def test_a_bad_number_of_copies_to_keep_is_refused_before_any_copy(small_prepared, tmp_path,
+                                                                 monkeypatch, keep):
+    monkeypatch.setenv("DOTSIM_NODE_CACHE", str(tmp_path / "node"))
+    monkeypatch.setenv("DOTSIM_NODE_CACHE_KEEP", keep)
+    with pytest.raises(InputError, match="DOTSIM_NODE_CACHE_KEEP=.*whole number"):
+        node_copy(small_prepared)
+    assert not (tmp_path / "node").exists() or not any((tmp_path / "node").iterdir())

@@ -1,7 +1,6 @@
 """The orchestrator without a cluster: variant and grid parsing, the report's statistics,
-cluster.yaml against Ray's schema, and submit with the Ray job client patched."""
+and submit with the Ray job client patched (cluster.yaml: test_cluster_config.py)."""
 
-import copy
 import json
 from pathlib import Path
 from unittest import mock
@@ -231,63 +230,14 @@ def test_a_failure_inside_a_library_is_not_a_user_error(tmp_path, capsys, monkey
     assert done.value.code == 1
     assert len(err.strip().splitlines()) == 1 and "DOTSIM_DEBUG=1" in err
     assert "Traceback" not in err
-    monkeypatch.setenv("DOTSIM_DEBUG", "1")  # the failure itself, for its traceback
-    with pytest.raises(Exception, match="Parquet") as raised:
+    monkeypatch.setenv("DOTSIM_DEBUG", "1")  # the traceback, and the same exit code
+    with pytest.raises(SystemExit) as done:
         main(["report", str(tmp_path)])
-    assert not isinstance(raised.value, SystemExit)
-
-
-# --- cluster.yaml ------------------------------------------------------------------------
-
-
-def _filled_in_cluster_yaml(tmp_path):
-    """cluster.yaml with its two placeholders (AMI, EFS) replaced, as a user leaves it."""
-    text = (REPO / "cluster.yaml").read_text()
-    for placeholder in launcher.PLACEHOLDERS:
-        text = text.replace(placeholder, placeholder.replace("0", "1"))
-    path = tmp_path / "cluster.yaml"
-    path.write_text(text)
-    return path
-
-
-def test_cluster_yaml_is_valid_for_ray(tmp_path):
-    config = launcher.validate(_filled_in_cluster_yaml(tmp_path))
-    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"]
-    text = (REPO / "cluster.yaml").read_text().lower()
-    for secret in ("aws_access_key", "secret", "password", "token:"):
-        assert secret not in text
-
-
-@pytest.mark.parametrize("damage", ["typo_top", "typo_node", "not_yaml", "wrong_type"])
-def test_broken_cluster_yaml_is_rejected(tmp_path, damage):
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    broken = copy.deepcopy(config)
-    if damage == "typo_top":
-        broken["max_worker"] = broken.pop("max_workers")
-    elif damage == "typo_node":
-        broken["available_node_types"]["gpu_worker"]["min_worker"] = 0
-    elif damage == "wrong_type":
-        broken["max_workers"] = "four"
-    path = tmp_path / "cluster.yaml"
-    path.write_text("{[not yaml" if damage == "not_yaml" else yaml.safe_dump(broken))
-    with pytest.raises(ValueError):
-        launcher.validate(path)
-    result = CliRunner().invoke(cli, ["cluster", "up", "--config", str(path)])
-    assert result.exit_code == 2
-    assert len(result.output.strip().splitlines()) == 1
-
-
-# `up` with its checks (boto3, credentials, token): tests/test_cluster_config.py
-@pytest.mark.parametrize("action,tail", [("down", ["down", "-y"]), ("status", ["exec"]),
-                                         ("dashboard", ["dashboard"])])
-def test_cluster_actions_call_ray_launcher(tmp_path, action, tail):
-    path = _filled_in_cluster_yaml(tmp_path)
-    with mock.patch("orchestrator.cluster.subprocess.call", return_value=0) as call:
-        result = CliRunner().invoke(cli, ["cluster", action, "--config", str(path)])
-    assert result.exit_code == 0, result.output
-    argv = call.call_args.args[0]
-    assert argv[1:3] == ["-m", "ray.scripts.scripts"] and argv[3:3 + len(tail)] == tail
-    assert argv[-1 if action != "status" else -2] == str(path)
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "Traceback" in err and "Parquet" in err
+    with pytest.raises(SystemExit) as done:  # a user error stays exit 2
+        main(["report", str(tmp_path / "nowhere")])
+    assert done.value.code == 2 and "Traceback" in capsys.readouterr().err
 
 
 # --- submit ------------------------------------------------------------------------------
@@ -423,7 +373,8 @@ def test_submit_refuses_the_old_job_verbs_and_what_is_not_a_command(fake_client)
     """`dotsim submit status ID` would send `dotsim status ID` to the cluster as a job."""
     _, client = fake_client
     result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", "status", "j1"])
-    assert result.exit_code == 2 and "is now 'dotsim job status JOB_ID'" in result.output
+    assert result.exit_code == 2 and "job verb" in result.output
+    assert "dotsim job status JOB_ID" in result.output
     result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", "--", "trian"])
     assert result.exit_code == 2 and "'trian' is not a dotsim command" in result.output
     client.submit_job.assert_not_called()
@@ -607,3 +558,18 @@ def test_a_variant_has_one_colour_in_every_plot(tmp_path):
     sessions = line_colours(reports.sessions_figure(report, colour))
     assert comparison == {"cosine": "C0", "ce-only": "C1"}
     assert sessions == comparison | {"log-mel baseline (no training)": "0.4"}
+
+
+def test_submit_refuses_a_working_dir_without_gitignore(fake_client, tmp_path):
+    """The upload leaves out what .gitignore lists: without one it would send a venv, data
+    and results (gigabytes) with every job."""
+    _, client = fake_client
+    result = CliRunner().invoke(cli, ["submit", "--no-wait", "--address", "http://h:8265",
+                                      "--working-dir", str(tmp_path), "--", "train"])
+    assert result.exit_code == 2 and "has no .gitignore" in result.output
+    client.submit_job.assert_not_called()
+    (tmp_path / ".gitignore").write_text("/data/\n")
+    result = CliRunner().invoke(cli, ["submit", "--no-wait", "--address", "http://h:8265",
+                                      "--working-dir", str(tmp_path), "--", "train"])
+    assert result.exit_code == 0, result.output
+    assert client.submit_job.call_args.kwargs["runtime_env"]["working_dir"] == str(tmp_path)

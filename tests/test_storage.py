@@ -15,7 +15,7 @@ from tiny import tiny_options
 
 from orchestrator.cli import cli, main
 from orchestrator.launch import run_history
-from workers import storage, synth
+from workers import storage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -34,10 +34,9 @@ def _keys(prefix: str) -> set[str]:
 
 
 def test_prepare_train_resume_sweep_and_report_in_a_bucket(ray_local, bucket, tmp_path,
-                                                         monkeypatch):
+                                                         monkeypatch, speech_commands):
     monkeypatch.chdir(tmp_path)  # whatever is written locally would show up here
-    corpus = synth.make_corpus(1, speakers=(2, 1, 1), clips_per_word_speaker=1)
-    source = synth.write_speech_commands(tmp_path / "sc", corpus)
+    source = speech_commands
     data = f"{bucket}/data/sc"
     prepared = CliRunner().invoke(cli, ["prepare", str(source), "--out", data, "--json"])
     assert prepared.exit_code == 0, prepared.output
@@ -87,8 +86,8 @@ def test_prepare_train_resume_sweep_and_report_in_a_bucket(ray_local, bucket, tm
     results = pq.read_table(f"{sweeps}/s/results.parquet").to_pandas()
     assert (results["status"] == "FINISHED").all()
 
-    # no local copy of any run folder: the working folder holds only the WAV source
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sc"]
+    # no local copy of any run folder: the working folder stays empty
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("where", ["missing bucket", "unreachable endpoint"])

@@ -53,7 +53,7 @@ def test_tiny_fskil_sweep_end_to_end(ray_local, small_prepared, tmp_path):
     err = result.stderr  # progress: each trial starts, runs its epochs, ends
     for trial in ("cosine-seed0", "dot-meanstd-global-seed0"):
         assert f"[sweep] started {trial}" in err and f"[{trial}] epoch 2/2 val_acc" in err
-        assert f"[sweep] {trial} ended: fskil_mean_acc " in err
+        assert f"[sweep] {trial} finished: fskil_mean_acc " in err
     assert "2/2 done, 0 left" in err and "tensorboard --logdir" in err
     assert "To visualize your results with TensorBoard" not in result.output
 
@@ -128,8 +128,12 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(small_prepared, 
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _checkpoints(first) == before  # the finished trial was not trained again
+    assert "[sweep] started cosine-seed0" in (tmp_path / "first.log").read_text()
+    # the resumed sweep's progress: the callback restored from Tune's state, counting anew
+    assert "Resuming the sweep" in resumed.stderr
+    assert "[sweep] started dot-minmax-local-seed0" in resumed.stderr
+    assert "2/2 done, 0 left" in resumed.stderr
     said = (tmp_path / "first.log").read_text() + resumed.stderr
-    assert "[sweep] started cosine-seed0" in said and "Resuming the sweep" in said
     assert "Token authentication" not in said  # Ray's own notice is kept quiet
     frame = pd.read_parquet(sweep / "results.parquet")
     for _, trial in frame.groupby("trial"):

@@ -35,7 +35,8 @@ class RunConfig:
 
     # --- model ------------------------------------------------------------------------
     preset: str = "small"
-    """Model size (sets d_model, layers, heads, emb_dim; see PRESETS)."""
+    """Model size: d_model, layers, heads and emb_dim (tiny 32/1/2/32 ... large
+    384/12/6/256)."""
     frames_per_token: int = 2
     """Spectrogram frames merged into one Transformer token (101 frames -> 51 tokens)."""
     dropout: float = 0.1
@@ -120,6 +121,9 @@ class RunConfig:
     """Checkpoints kept per run (the best-validation weights travel inside each)."""
     max_failures: int = 1
     """Worker-group restarts from the last checkpoint before the run fails."""
+    trackers: list[dict] = field(default_factory=list)
+    """Experiment trackers the metrics also go to (--tracker mlflow[:URI] or wandb), as
+    orchestrator.trackers resolves them: where each is, never a secret."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form tags (e.g. a sweep's study name); saved, never interpreted by training."""
@@ -162,6 +166,9 @@ class RunConfig:
         if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:
             raise InputError("cpus_per_worker must be > 0, max_failures and "
                              "threads_per_worker >= 0")
+        if not all(isinstance(t, dict) and t.get("kind") in TRACKERS for t in self.trackers):
+            raise InputError(f"trackers must be tracker specs of kind {', '.join(TRACKERS)}; "
+                             "name them with --tracker")
 
     def _default_batch_size(self) -> int:
         if self.protocol != "fskil":
@@ -259,11 +266,15 @@ PROTOCOLS = ("standard", "fskil")
 ON_NONFINITE = ("skip", "stop")
 FSKIL_FIELDS = ("base_classes", "ways", "shots", "sessions", "episodes", "class_order")
 
+TRACKERS = ("mlflow", "wandb")
+
 # Fields that say only where a run's files go or how fast it runs: a run may resume with
 # other values, and they are not part of its key. Thread counts can move float round-off,
-# never what is computed.
+# never what is computed. The trackers are where results go too, kept in the config rather
+# than beside it so that a sweep's trials get them through its saved base config, as they
+# get the storage path, and `sweep --resume` keeps them.
 RUNTIME_FIELDS = ("storage_path", "run_name", "cpus_per_worker", "threads_per_worker",
-                  "checkpoints_to_keep", "max_failures", "extra")
+                  "checkpoints_to_keep", "max_failures", "extra", "trackers")
 
 
 # The fields whose values are names from a fixed list (the CLI lists them in --help).

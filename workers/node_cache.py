@@ -79,6 +79,7 @@ def node_copy(location: str | os.PathLike) -> Path:
     """
     location = storage.resolve(location)
     read_meta(location)  # a clear error for a folder that is not prepared data
+    copies_to_keep()  # a bad setting fails every attempt, not only the one that makes a copy
     folder = _own_cache() / data_fingerprint(location)
     if folder in _IN_USE:
         return folder
