@@ -549,7 +549,7 @@ def _typed(ctx: click.Context) -> list[click.Parameter]:
 def _resume_command(ctx: click.Context, run_name: str) -> str:
     """``dotsim train`` with the options the user gave on the command line (not those
     from the environment, which the next shell has too) and the run's name."""
-    from orchestrator.trackers import scrub
+    from orchestrator.trackers import without_userinfo
 
     words = ["dotsim", ctx.info_name]
     for param in _typed(ctx):
@@ -562,9 +562,9 @@ def _resume_command(ctx: click.Context, run_name: str) -> str:
         else:
             for one in value if param.multiple else [value]:
                 words += [param.opts[0], str(one)]
-    # a password typed in a tracker's URI is not printed back (it is in the environment
-    # variables MLflow reads while this command runs, not in the next shell's)
-    return shlex.join(scrub(word) for word in [*words, "--run-name", run_name])
+    # a tracker URI's user:password is not printed back: the command to type again reads
+    # them where MLflow does (MLFLOW_TRACKING_USERNAME/PASSWORD)
+    return shlex.join(without_userinfo(word) for word in [*words, "--run-name", run_name])
 
 
 RESUME_OPTIONS = ("resume_dir", "address", "dashboard", "as_json")

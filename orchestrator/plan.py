@@ -13,6 +13,7 @@ checked before any data is prepared, and nothing is written before every check p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -272,7 +273,7 @@ def fit_study(plan: SweepPlan, resources: dict[str, float]) -> SweepPlan:
     widest = max(t["workers"] for t in plan.trials)
     cpus = min(plan.base.cpus_per_worker,
                round((resources.get("CPU", 1) - 0.05) / widest, 3))
-    return SweepPlan(**{**plan.__dict__, "base": plan.base.replace(cpus_per_worker=cpus)})
+    return dataclasses.replace(plan, base=plan.base.replace(cpus_per_worker=cpus))
 
 
 def parse_world_sizes(sizes: str | list[int]) -> list[int]:

@@ -13,6 +13,7 @@ sweep folder's files and the trial outcomes are described in ``orchestrator.resu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import sys
@@ -110,13 +111,13 @@ def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
     at_once = concurrency(plan.base, plan.trials, ray.cluster_resources(),
                           plan.max_concurrent, elastic=elastic)
     if plan.base.trackers:  # the sweep's own tracker runs, which its trials are grouped under
-        plan = SweepPlan(**{**plan.__dict__, "base": plan.base.replace(
+        plan = dataclasses.replace(plan, base=plan.base.replace(
             trackers=trackers.open_sweep(plan.base.trackers, plan.folder,
-                                         plan.base.to_dict()))})
-    tuner = build_tuner(plan, at_once)
-    storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
-    log.info(plan_line(len(plan.trials), at_once, plan.folder))
-    with trackers.sweep_run(plan.base.trackers):
+                                         plan.base.to_dict())))
+    with trackers.sweep_run(plan.base.trackers):  # ends the sweep's tracker runs, however
+        tuner = build_tuner(plan, at_once)
+        storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
+        log.info(plan_line(len(plan.trials), at_once, plan.folder))
         return _fit(tuner, plan.folder)
 
 

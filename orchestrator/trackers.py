@@ -54,6 +54,8 @@ DEFAULT_PROJECT = "dotsim"  # MLflow experiment and W&B project unless the envir
 # A tracker call is tried this many times, waiting BACKOFF_S, then twice that, in between.
 ATTEMPTS = 3
 BACKOFF_S = 1.0
+# At a run's end, how long its trackers may take to catch up and close their runs.
+CLOSE_WAIT_S = 60
 
 # MLflow settings dotsim needs unless the user set them. dotsim retries tracker calls itself
 # (``Link``): MLflow's own retries (7, with exponential back-off) and its 120 s timeout
@@ -81,6 +83,12 @@ def scrub(text: str) -> str:
     for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, "***")
     return re.sub(r"(\b[a-zA-Z][\w+.-]*://)[^/@\s]+@", r"\1***@", text)
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` with the user:password part of any URL in it taken out (a command to type
+    again: the credentials go where MLflow reads them, MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    return re.sub(r"(\b[a-zA-Z][\w+.-]*://)[^/@\s]+@", r"\1", scrub(text))
 
 
 def _without_credentials(uri: str) -> str:
@@ -117,7 +125,8 @@ def resolve(words: Iterable[str]) -> list[dict]:
         elif kind == "wandb" and not rest:
             spec = _wandb_spec()
         else:
-            raise InputError(f"unknown tracker {word!r}; allowed: mlflow, mlflow:URI, wandb")
+            raise InputError(f"unknown tracker {scrub(word)!r}; allowed: mlflow, mlflow:URI, "
+                             "wandb")
         specs.setdefault(key(spec), spec)
     return list(specs.values())
 
@@ -529,6 +538,13 @@ class _Destination:
         self.opened = False
 
 
+class _End:
+    """The last item of a launch's queue: the status its tracker runs end with."""
+
+    def __init__(self, status: str):
+        self.status = status
+
+
 class RunTracking:
     """The trackers of one launch of a run. ``start`` opens a thread that opens (or
     continues) each tracker run and sends the epochs the run folder holds but the
@@ -557,17 +573,21 @@ class RunTracking:
         self.thread.start()
 
     def send(self, report: dict) -> None:
+        epoch = int(report["epoch"])
+        if epoch not in self.seen:  # here, not in the thread: a stuck tracker still counts it
+            self.seen.append(epoch)
         self.queue.put(report)
 
     def close(self, status: str) -> list[dict]:
-        """Wait for the thread, end the tracker runs with ``status``, write the record, and
-        say what is missing; returns ``outcome``."""
-        self.queue.put(None)
+        """Let the thread send what it can and end the tracker runs with ``status``, for
+        CLOSE_WAIT_S at most (a tracker that hangs must not hold the run's end), then say
+        what is missing; returns ``outcome``."""
+        self.queue.put(_End(status))
         if self.thread is not None:
-            self.thread.join()
-        for d in self.destinations:
-            if d.opened:
-                d.link.call("closing the run", lambda d=d: d.client.close(status))
+            self.thread.join(timeout=CLOSE_WAIT_S)
+            if self.thread.is_alive():
+                log.warning(f"the trackers had not caught up {CLOSE_WAIT_S} s after the run "
+                            "ended; dotsim stops waiting for them")
         if self.finished or status == "FINISHED":
             for d in self.destinations:
                 if d.opened and not d.pending:
@@ -589,16 +609,25 @@ class RunTracking:
         try:
             for d in self.destinations:
                 self._begin(d)
-            while (report := self.queue.get()) is not None:
-                epoch = int(report["epoch"])
-                if epoch not in self.seen:
-                    self.seen.append(epoch)
+            while not isinstance(item := self.queue.get(), _End):
+                self._take(item)
+                # all that has queued up meanwhile first: a tracker that is down then costs
+                # one try per wake-up, not one per epoch waiting
+                while not self.queue.empty() and not isinstance(self.queue.queue[0], _End):
+                    self._take(self.queue.get())
                 for d in self.destinations:
-                    if epoch not in d.delivered:
-                        d.pending[epoch] = report
                     self._flush(d)
+            for d in self.destinations:
+                if d.opened:
+                    d.link.call("closing the run", lambda d=d: d.client.close(item.status))
         except Exception as err:  # whatever it is, a tracker must never stop a run
             log.warning(f"tracking stopped: {reason(err)}")
+
+    def _take(self, report: dict) -> None:
+        epoch = int(report["epoch"])
+        for d in self.destinations:
+            if epoch not in d.delivered:
+                d.pending[epoch] = report
 
     def _begin(self, d: _Destination) -> None:
         """Make the client, learn what the tracker holds, queue what it lacks, and open the

@@ -165,8 +165,14 @@ def test_environment_secrets_are_scrubbed(monkeypatch):
 def test_the_resume_command_keeps_trackers_and_drops_their_passwords():
     typed = cli.commands["train"].make_context("train", [
         "--tracker", f"mlflow:https://ana:{SECRET}@h:5000", "--tracker", "wandb"])
-    assert _resume_command(typed, "r") == ("dotsim train --tracker 'mlflow:https://***@h:5000' "
+    assert _resume_command(typed, "r") == ("dotsim train --tracker mlflow:https://h:5000 "
                                            "--tracker wandb --run-name r")
+
+
+def test_a_mistyped_tracker_with_a_password_does_not_print_it():
+    with pytest.raises(InputError) as refused:
+        trackers.resolve([f"mlfow:https://ana:{SECRET}@h:5000"])
+    assert SECRET not in str(refused.value) and "unknown tracker" in str(refused.value)
 
 
 # --- retries and resume --------------------------------------------------------------
@@ -270,7 +276,6 @@ def test_a_tracker_without_its_package_is_exit_2_naming_the_extra(monkeypatch, c
 def test_an_unreachable_tracker_is_exit_2_before_anything_runs(tmp_path, monkeypatch, capsys,
                                                                command):
     """Nothing prepared, started or written: the check comes before the data and Ray."""
-    import ray
 
     monkeypatch.setenv("DOTSIM_CACHE", str(tmp_path / "cache"))
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
@@ -284,8 +289,31 @@ def test_an_unreachable_tracker_is_exit_2_before_anything_runs(tmp_path, monkeyp
     assert err.strip().splitlines() == [
         f"dotsim: error: cannot use MLflow at http://127.0.0.1:{port} (Connection refused); "
         "is the server up, and is MLFLOW_TRACKING_URI (or --tracker mlflow:URI) right?"]
-    assert not ray.is_initialized()
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing prepared or run
+
+
+def test_a_tracker_that_hangs_does_not_hold_the_run_s_end(tmp_path, monkeypatch, caplog):
+    """A server that takes connections and never answers (a dropped network, a wedged
+    proxy): the run's end waits CLOSE_WAIT_S, says so, and names the epochs not logged."""
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    accepted = []
+    threading.Thread(target=lambda: accepted.extend(listener.accept() for _ in range(100)),
+                     daemon=True).start()
+    monkeypatch.setattr(trackers, "CLOSE_WAIT_S", 1)
+    monkeypatch.setattr(trackers, "BACKOFF_S", 0.01)
+    spec = {"kind": "mlflow", "uri": f"http://127.0.0.1:{listener.getsockname()[1]}",
+            "experiment": "dotsim"}
+    cfg = RunConfig(epochs=2, run_name="r", trackers=[spec])
+    record_path = tmp_path / "dotsim_run.json"
+    record_path.write_text(json.dumps(_record(cfg)))
+    with caplog.at_level(logging.WARNING, logger="dotsim"), \
+            trackers.tracking([spec], str(record_path), [], finished=False) as session:
+        session.send(_epoch(1))
+        session.send(_epoch(2, final=True))
+    assert session.thread.is_alive()  # still trying, in the background
+    assert "had not caught up 1 s after the run ended" in caplog.text
+    assert session.outcome()[0]["not_logged"] == [1, 2]
+    listener.close()
 
 
 # --- W&B's real client, offline ------------------------------------------------------
@@ -306,6 +334,8 @@ def test_wandb_offline_run_resumed_without_duplicate_epochs(tmp_path, monkeypatc
         first.send(_epoch(1))
         first.send(_epoch(2))
     history = [_epoch(1), _epoch(2)]
+    # wandb names an offline run's folder to the second: the second launch gets its own
+    time.sleep(1.0 - time.time() % 1.0 + 0.05)
     with trackers.tracking([spec], str(record_path), history, finished=False) as second:
         second.send(_epoch(2))  # a resumed run may report an epoch W&B holds: not sent again
         second.send(_epoch(3))

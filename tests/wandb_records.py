@@ -82,7 +82,9 @@ def read_run(path: Path) -> WandbRun:
                                           for i in r.config.update if _name(i) != "_wandb"})
         elif kind == "history":
             row = {_name(i): json.loads(i.value_json) for i in record.history.item}
-            run.history[record.history.step.num] = row
+            step = record.history.step.num
+            assert step not in run.history, f"{path}: step {step} written twice"
+            run.history[step] = row
         elif kind == "artifact":
             a = record.artifact
             run.artifacts.append((a.name, a.type, sorted(m.path for m in a.manifest.contents)))
