@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import sys
 import time
@@ -43,6 +44,12 @@ def submit(address: str | None, args: list[str], *,
     if not args:
         raise InputError("nothing to submit: add the dotsim command after --, e.g. "
                          "dotsim submit -- train --epochs 3")
+    if any(re.search(r"://[^/@\s]+@", arg) for arg in args):
+        # a job's command line is stored on the cluster and shown by `ray job list`
+        raise InputError("a URL with user:password in the submitted command would be stored "
+                         "on the cluster and shown with the job; give credentials in the "
+                         "cluster's environment instead (e.g. MLFLOW_TRACKING_USERNAME/"
+                         "PASSWORD)")
     jobs = client(address)
     return jobs, _submit_when_ready(jobs, entrypoint="dotsim " + shlex.join(args),
                                     runtime_env=runtime_env(working_dir))

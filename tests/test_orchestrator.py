@@ -573,3 +573,12 @@ def test_submit_refuses_a_working_dir_without_gitignore(fake_client, tmp_path):
                                       "--working-dir", str(tmp_path), "--", "train"])
     assert result.exit_code == 0, result.output
     assert client.submit_job.call_args.kwargs["runtime_env"]["working_dir"] == str(tmp_path)
+
+
+def test_submit_refuses_a_password_in_the_command(fake_client):
+    _, client = fake_client
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://h:8265", "--", "train",
+                                      "--tracker", "mlflow:https://ana:s3cr3t@m:5000"])
+    assert result.exit_code == 2 and "s3cr3t" not in result.output
+    assert "user:password" in result.output
+    client.submit_job.assert_not_called()
