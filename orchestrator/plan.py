@@ -27,6 +27,7 @@ from orchestrator.results import check_new_sweep
 from workers import storage
 from workers.config import RunConfig
 from workers.errors import InputError
+from workers.node_cache import copies_to_keep
 
 STUDIES = ("world-size",)
 SCHEDULERS = ("fifo", "asha")
@@ -135,6 +136,7 @@ def plan_run(cfg: RunConfig, *, address: str | None = None,
         raise InputError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
                          "--address of a GPU cluster")
     cfg = cfg.replace(trackers=plan_trackers(trackers, cfg.trackers))
+    copies_to_keep()  # read by the workers, which a local Ray starts with this environment
     storage.check_writable(with_storage(cfg).storage_path)
     return located(resolve_data(cfg, class_order_file))
 
@@ -239,6 +241,7 @@ def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int
     base = base.replace(trackers=plan_trackers(trackers, base.trackers))
     if sizes:
         base = base.replace(dropout=0.0)
+    copies_to_keep()
     base = with_storage(base)
     storage.check_writable(base.storage_path)
     folder = storage.join(base.storage_path,

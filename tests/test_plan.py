@@ -62,3 +62,13 @@ def test_the_python_api_plans_the_sweep_the_cli_plans(small_prepared, tmp_path, 
                                   study="world-size", world_sizes="1,2", seeds=2, name="s")
     assert from_cli == from_python
     assert from_python.base.dropout == 0.0 and {t["workers"] for t in from_python.trials} == {1, 2}
+
+
+def test_a_bad_node_cache_setting_is_refused_before_any_data_is_prepared(no_cache,
+                                                                          monkeypatch):
+    """The workers read DOTSIM_NODE_CACHE_KEEP; a local Ray starts them with this
+    environment, so the driver refuses a bad value at once (exit 2, not a failed run)."""
+    monkeypatch.setenv("DOTSIM_NODE_CACHE_KEEP", "two")
+    with pytest.raises(InputError, match="DOTSIM_NODE_CACHE_KEEP='two'"):
+        plan.plan_run(RunConfig())
+    assert not no_cache.exists()
