@@ -516,9 +516,9 @@ def _run_then_report(run, folder: str, as_json: bool) -> None:
 
 def _sweep_trackers(folder: str) -> list[dict]:
     """The trackers a sweep ran with (its sweep.json), its own runs in them included."""
-    from orchestrator.results import read_definition
+    from orchestrator.results import sweep_base
 
-    return read_definition(folder)["base"].get("trackers", [])
+    return sweep_base(folder).trackers
 
 
 def _print_report(sweep_dir: str, as_json: bool, baseline: str | None = None,

@@ -89,10 +89,14 @@ def plan_trackers(words: Sequence[str] = (), specs: Sequence[dict] = ()) -> list
 # --- data ---------------------------------------------------------------------------
 
 
-def resolve_data(cfg: RunConfig, class_order_file: Path | None = None) -> RunConfig:
+def resolve_data(cfg: RunConfig, class_order_file: Path | None = None,
+                 trials: Sequence[dict] = ({},)) -> RunConfig:
     """``cfg`` with its data folder resolved and checked (the synthetic corpus, prepared
-    once, when none is given), a class-order file read against its words, and the run's
-    needs checked against its training labels (words for a batch, FSKIL shots)."""
+    once, when none is given), a class-order file read against its words, and the needs
+    of ``cfg`` changed by each of ``trials`` checked against its training labels (words
+    for a batch, FSKIL shots): a --grid or a world size may change the batch, the
+    workers or the shots, and a trial that fails on them in Tune would fail the sweep an
+    hour in."""
     import torch
 
     from workers.fskil import read_class_order
@@ -106,7 +110,9 @@ def resolve_data(cfg: RunConfig, class_order_file: Path | None = None) -> RunCon
             raise InputError("--class-order orders the words of --protocol fskil; add it")
         cfg = cfg.replace(class_order=read_class_order(class_order_file, meta["labels"],
                                                        cfg.fskil))
-    check_data(cfg, meta["labels"], torch.from_numpy(read_labels(cfg.data, meta, "train")))
+    train = torch.from_numpy(read_labels(cfg.data, meta, "train"))
+    for trial in trials:
+        check_data(cfg.replace(**trial), meta["labels"], train)
     return cfg
 
 
@@ -203,13 +209,6 @@ class SweepPlan:
                 "scheduler": self.scheduler, "max_concurrent": self.max_concurrent,
                 "study": self.study}
 
-    @classmethod
-    def from_definition(cls, folder: str, definition: dict) -> SweepPlan:
-        return cls(folder=folder, base=RunConfig.from_dict(definition["base"]),
-                   trials=definition["trials"], scheduler=definition["scheduler"],
-                   max_concurrent=definition.get("max_concurrent"),
-                   study=definition.get("study"))
-
 
 def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int = 3,
                grid: list[str] = (), with_detached: bool = False, study: str | None = None,
@@ -247,25 +246,9 @@ def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int
     folder = storage.join(base.storage_path,
                           name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
     check_new_sweep(folder)
-    base = resolve_data(base, class_order_file)
-    _check_trials(base, trials)
+    base = resolve_data(base, class_order_file, trials)
     return SweepPlan(folder=folder, base=base, trials=trials, scheduler=scheduler,
                      max_concurrent=max_concurrent, study=study)
-
-
-def _check_trials(base: RunConfig, trials: list[dict]) -> None:
-    """Every trial's own config is valid and fits the data: a --grid or a world size may
-    change the batch, the workers or the shots, and a trial that fails on them in Tune
-    would fail the sweep an hour in."""
-    import torch
-
-    from workers.prepared import read_labels, read_meta
-    from workers.train import check_data
-
-    meta = read_meta(base.data)
-    train = torch.from_numpy(read_labels(base.data, meta, "train"))
-    for trial in trials:
-        check_data(base.replace(**trial), meta["labels"], train)
 
 
 def fit_study(plan: SweepPlan, resources: dict[str, float]) -> SweepPlan:

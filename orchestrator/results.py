@@ -49,6 +49,11 @@ def check_new_sweep(sweep_dir: str) -> None:
                          "or choose another --name")
 
 
+def sweep_base(sweep_dir: str) -> RunConfig:
+    """The base config a sweep was started with (its trackers among it)."""
+    return RunConfig.from_dict(read_definition(sweep_dir)["base"])
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     name: str

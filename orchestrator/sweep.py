@@ -41,6 +41,7 @@ from orchestrator.results import (
     TrialOutcome,
     check_new_sweep,
     read_definition,
+    sweep_base,
     write_results,
 )
 from orchestrator.variants import trial_name
@@ -125,7 +126,7 @@ def resume(sweep_dir: str, *, address: str | None = None,
            dashboard: bool = False) -> list[TrialOutcome]:
     """Connect and continue the sweep in ``sweep_dir`` as it was defined."""
     storage.check_reachable(sweep_dir)
-    base = RunConfig.from_dict(read_definition(sweep_dir)["base"])
+    base = sweep_base(sweep_dir)
     plan_trackers(specs=base.trackers)
     with ray_session(address, num_cpus=local_cpus(base), dashboard=dashboard):
         return resume_sweep(sweep_dir)
@@ -136,7 +137,7 @@ def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
     ones continue from their last checkpoint (their Train run names are stable)."""
     sweep_dir = storage.resolve(sweep_dir)
     # read first: a clear error for a folder that is not a sweep
-    specs = read_definition(sweep_dir)["base"].get("trackers", [])
+    specs = sweep_base(sweep_dir).trackers
     tune_dir = storage.join(sweep_dir, TUNE_NAME)
     if not tune.Tuner.can_restore(tune_dir):
         raise InputError(f"{tune_dir} holds no Tune state to resume; start the sweep again")
