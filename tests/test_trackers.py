@@ -324,7 +324,7 @@ def test_wandb_offline_run_resumed_without_duplicate_epochs(tmp_path, monkeypatc
     second launch sends only what the record says W&B lacks), read back from wandb's files."""
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "first"))
     [spec] = trackers.resolve(["wandb"])
     cfg = RunConfig(epochs=4, run_name="r", trackers=[spec])
     record_path = tmp_path / "dotsim_run.json"
@@ -334,8 +334,10 @@ def test_wandb_offline_run_resumed_without_duplicate_epochs(tmp_path, monkeypatc
         first.send(_epoch(1))
         first.send(_epoch(2))
     history = [_epoch(1), _epoch(2)]
-    # wandb names an offline run's folder to the second: the second launch gets its own
-    time.sleep(1.0 - time.time() % 1.0 + 0.05)
+    # wandb names an offline run's folder to the second: the second launch writes under
+    # a folder of its own (the same tracker entry: W&B's project, not its folder)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "second"))
+    [spec] = trackers.resolve(["wandb"])
     with trackers.tracking([spec], str(record_path), history, finished=False) as second:
         second.send(_epoch(2))  # a resumed run may report an epoch W&B holds: not sent again
         second.send(_epoch(3))
@@ -344,7 +346,7 @@ def test_wandb_offline_run_resumed_without_duplicate_epochs(tmp_path, monkeypatc
     entry = json.loads(record_path.read_text())["trackers"]["wandb dotsim"]
     assert entry["epochs"] == [1, 2, 3, 4]
 
-    runs = offline_runs(tmp_path)
+    runs = offline_runs(tmp_path / "first") + offline_runs(tmp_path / "second")
     assert [run.run_id for run in runs] == [entry["run_id"]] * 2
     assert [sorted(run.history) for run in runs] == [[1, 2], [3, 4]]
     run = runs[0]
