@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import wandb
 from wandb.proto import wandb_internal_pb2
 
 HEADER = struct.Struct("<4sHB")
@@ -93,5 +94,10 @@ def read_run(path: Path) -> WandbRun:
 
 
 def offline_runs(folder: Path) -> list[WandbRun]:
-    """Every run wandb wrote offline under ``folder`` (its WANDB_DIR), oldest first."""
+    """Every run wandb wrote offline under ``folder`` (its WANDB_DIR), oldest first.
+
+    ``run.finish()`` can return before wandb's service has written the run's last records
+    (a CI run once found a finished run's file without them), so this first waits for the
+    service to stop: ``wandb.teardown()``, which closes every file it holds."""
+    wandb.teardown()
     return [read_run(p) for p in sorted(Path(folder).glob("wandb/offline-run-*/run-*.wandb"))]
