@@ -269,8 +269,26 @@ def train(address, dashboard, tracker, as_json, class_order_file, **options):
                    f"[:detached] [default: {','.join(sweep_variants.DEFAULT_VARIANTS)}].")
 @click.option("--with-detached", is_flag=True,
               help="Add a detach_stats variant of every variant that has statistics.")
-@click.option("--seeds", type=int, default=3, show_default=True,
-              help="Seeds per variant (0, 1, ...); comparisons pair variants by seed.")
+@click.option("--seeds", type=int, default=None,
+              help="Seeds per variant (0, 1, ...); comparisons pair variants by seed "
+                   "[default: 3].")
+@click.option("--until-decided", is_flag=True,
+              help="Race the variants over seeds: each is compared with --baseline, paired "
+                   "by seed, and gets seeds until it is better, worse or equivalent (within "
+                   "--margin) at family-wise error --alpha, or has --max-seeds.")
+@click.option("--max-seeds", type=int, default=20, show_default=True,
+              help="--until-decided: the seeds one variant may get at most.")
+@click.option("--margin", type=float, default=0.01, show_default=True,
+              help="--until-decided: the smallest difference in --metric that matters.")
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="--until-decided: the chance of any wrong decision, over all comparisons "
+                   "and looks.")
+@click.option("--metric", default=None,
+              help="--until-decided: what is compared [default: fskil_mean_acc under "
+                   "--protocol fskil, else test_acc].")
+@click.option("--baseline", default=None,
+              help="--until-decided: the variant the others are compared with (with --grid, "
+                   "at its first grid point) [default: cosine if raced, else the first].")
 @click.option("--grid", "grid_items", multiple=True, metavar="KEY=V1,V2",
               help="Cross another config field, e.g. --grid w_lpc=0.5,1 (repeatable).")
 @click.option("--scheduler", type=click.Choice(plan.SCHEDULERS), default="fifo",
@@ -284,6 +302,9 @@ def train(address, dashboard, tracker, as_json, class_order_file, **options):
                    "off; the report shows how far each moves from world size 1.")
 @click.option("--world-sizes", default="1,2,4", show_default=True,
               help="World sizes of --study world-size.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what the sweep would run and how long it would take (from earlier "
+                   "runs of this config in the storage); start nothing, write nothing.")
 @click.option("--resume", "resume_dir", default=None,
               help="Continue the interrupted sweep in this folder, as it was defined (only "
                    "--address, --dashboard and --json may be given with it).")
@@ -291,8 +312,9 @@ def train(address, dashboard, tracker, as_json, class_order_file, **options):
 @dashboard_option
 @tracker_option("every trial, grouped under the sweep, and the report")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concurrent, study,
-          world_sizes, resume_dir, address, dashboard, tracker, as_json, class_order_file,
+def sweep(name, variants, with_detached, seeds, until_decided, max_seeds, margin, alpha,
+          metric, baseline, grid_items, scheduler, max_concurrent, study, world_sizes,
+          dry_run, resume_dir, address, dashboard, tracker, as_json, class_order_file,
           **options):
     """Compare loss variants with Ray Tune: variants x seeds (x --grid), then report.
 
@@ -305,6 +327,8 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
       dotsim sweep --epochs 12 --seeds 3
       dotsim sweep --variants cosine,dot:meanstd:global --grid w_lpc=0.5,1 --seeds 2
       dotsim sweep --study world-size --tracker mlflow
+      dotsim sweep --protocol fskil --until-decided --variants cosine,dot:minmax:global
+      dotsim sweep --until-decided --variants cosine,ce-only --dry-run
       dotsim sweep --resume ~/dotsim_results/sweep-2026-11-27_10-00-00
     """
     from orchestrator import sweep as sweeps
@@ -317,9 +341,30 @@ def sweep(name, variants, with_detached, seeds, grid_items, scheduler, max_concu
         build_config(options), variants=variants.split(",") if variants else None,
         seeds=seeds, grid=list(grid_items), with_detached=with_detached, study=study,
         world_sizes=world_sizes, scheduler=scheduler, max_concurrent=max_concurrent,
-        name=name, address=address, class_order_file=class_order_file, trackers=tracker)
+        name=name, address=address, class_order_file=class_order_file, trackers=tracker,
+        until=_until(until_decided, max_seeds, margin, alpha, metric, baseline),
+        dry_run=dry_run)
+    if dry_run:
+        from orchestrator.estimate import dry_run_lines
+
+        click.echo("\n".join(dry_run_lines(planned, address)))
+        return
     _run_then_report(lambda: sweeps.start(planned, address=address, dashboard=dashboard),
                      planned.folder, as_json)
+
+
+def _until(until_decided, max_seeds, margin, alpha, metric, baseline) -> plan.Until | None:
+    """The race's options, which mean nothing without --until-decided."""
+    if until_decided:
+        return plan.Until(max_seeds=max_seeds, margin=margin, alpha=alpha, metric=metric,
+                          baseline=baseline)
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in
+             ("max_seeds", "margin", "alpha", "metric", "baseline")
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise InputError(f"{', '.join(given)} only apply with --until-decided")
+    return None
 
 
 @cli.command()

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import ray
@@ -27,6 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator import trackers
 from orchestrator.plan import check_address, concurrency, local_cpus, located
 from orchestrator.progress import epoch_line
+from orchestrator.results import RECORD_FILE
 from orchestrator.versions import code_version, package_versions
 from workers import storage
 from workers.config import RunConfig
@@ -35,7 +37,6 @@ from workers.metrics import HISTORY_FILE, is_finished
 from workers.prepared import data_fingerprint
 from workers.train import train_loop_per_worker
 
-RECORD_FILE = "dotsim_run.json"
 log = logging.getLogger("dotsim")
 progress = logging.getLogger("dotsim.progress")
 
@@ -144,6 +145,7 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
     assert cfg.data is not None, "resolve the data folder before launching"
     cfg = located(cfg)
     location = run_location(cfg)
+    began = time.monotonic()
     try:
         history, owner = bind_run(cfg, location)
         finished = is_finished(history, cfg.epochs)  # by the config it was trained with
@@ -157,6 +159,8 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
                     history = checkpoint_history(_fit(trainer, cfg, location).checkpoint)
     except KeyboardInterrupt as stop:  # Ctrl-C before Ray Train's own handler is in place
         raise RunInterrupted(cfg, len(run_history(location))) from stop
+    if not finished:
+        _record_duration(location, time.monotonic() - began, len(history))
     return _summary(owner if finished else cfg, location, history, already_finished=finished,
                     tracked=tracked.outcome())
 
@@ -274,6 +278,15 @@ def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str, *,
             f"run folder {location} belongs to another config ({fields}){why}: start a new "
             "run with another --run-name, or resume this one with the options it was started "
             f"with (see its {RECORD_FILE})")
+
+
+def _record_duration(location: str, seconds: float, epochs_done: int) -> None:
+    """How long this launch took, start to end, and where it left the run: what a sweep's
+    time estimate reads from earlier runs (``orchestrator.estimate``)."""
+    record_path = storage.join(location, RECORD_FILE)
+    record = storage.read_json(record_path)
+    record["launches"][-1] |= {"seconds": round(seconds, 1), "epochs_done_after": epochs_done}
+    storage.write_json(record_path, record)
 
 
 def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import variants as names
+from orchestrator.race import RaceSpec
 from orchestrator.results import check_new_sweep
 from workers import storage
 from workers.config import RunConfig
 from workers.errors import InputError
+from workers.metrics import comparison_metrics
 from workers.node_cache import copies_to_keep
 
 STUDIES = ("world-size",)
@@ -116,6 +118,12 @@ def resolve_data(cfg: RunConfig, class_order_file: Path | None = None,
     return cfg
 
 
+def _synthetic_prepared() -> bool:
+    from orchestrator.prepare import synthetic_cache
+
+    return (synthetic_cache() / "meta.json").is_file()
+
+
 def _data_folder(data: str | None) -> str:
     """An absolute, checked prepared folder; the synthetic cache when none is given."""
     from orchestrator.prepare import ensure_synthetic
@@ -195,7 +203,8 @@ def concurrency(base: RunConfig, trials: list[dict], resources: dict[str, float]
 class SweepPlan:
     """A sweep as it is started and saved (``sweep.json``): its folder, the base config,
     the trials (each a dict of the fields it changes), the scheduler, the concurrency
-    asked for, and the study it belongs to."""
+    asked for, and the study it belongs to. A race (``--until-decided``) has no fixed
+    trials: its ``race`` says which arms it runs seeds of, and until when."""
 
     folder: str
     base: RunConfig
@@ -203,32 +212,55 @@ class SweepPlan:
     scheduler: str = "fifo"
     max_concurrent: int | None = None
     study: str | None = None
+    race: RaceSpec | None = None
 
     def definition(self) -> dict:
         return {"base": self.base.to_dict(), "trials": self.trials,
                 "scheduler": self.scheduler, "max_concurrent": self.max_concurrent,
-                "study": self.study}
+                "study": self.study, "race": self.race.to_dict() if self.race else None}
+
+    def possible_trials(self) -> list[dict]:
+        """Every trial the sweep may run: a race's arms at every seed of its budget."""
+        if self.race is None:
+            return self.trials
+        return [self.race.trial(arm, seed) for arm in range(len(self.race.arms))
+                for seed in range(self.race.max_seeds)]
 
 
-def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int = 3,
-               grid: list[str] = (), with_detached: bool = False, study: str | None = None,
-               world_sizes: str | list[int] = (1, 2, 4), scheduler: str = "fifo",
-               max_concurrent: int | None = None, name: str | None = None,
-               address: str | None = None, class_order_file: Path | None = None,
-               trackers: Sequence[str] = ()) -> SweepPlan:
-    """The sweep of ``variants`` x ``seeds`` (x ``grid`` items ``KEY=V1,V2``) over ``base``.
+@dataclass(frozen=True)
+class Until:
+    """``--until-decided``: race the arms over seeds until each comparison with the
+    baseline is decided (``orchestrator.race``)."""
+
+    max_seeds: int = 20
+    margin: float = 0.01
+    alpha: float = 0.05
+    metric: str | None = None  # default: the protocol's first comparison metric
+    baseline: str | None = None  # a variant; default: cosine if raced, else the first
+
+
+def plan_sweep(base: RunConfig, *, variants: list[str] | None = None,
+               seeds: int | None = None, grid: list[str] = (), with_detached: bool = False,
+               study: str | None = None, world_sizes: str | list[int] = (1, 2, 4),
+               scheduler: str = "fifo", max_concurrent: int | None = None,
+               name: str | None = None, address: str | None = None,
+               class_order_file: Path | None = None, trackers: Sequence[str] = (),
+               until: Until | None = None, dry_run: bool = False) -> SweepPlan:
+    """The sweep of ``variants`` x ``seeds`` (default 3) (x ``grid`` items ``KEY=V1,V2``)
+    over ``base``; with ``until``, a race of those arms over seeds instead.
 
     ``study="world-size"`` runs the same global batch at ``world_sizes`` with dropout off
     (so the distance from world size 1 is the variant's, not dropout's), over
     ``variants.STUDY_VARIANTS`` unless variants are given. Checks everything a trial would
     fail on, the address before the trackers (``--tracker`` words), the trackers before the
-    data.
+    data. ``dry_run`` writes nothing: the storage is not probed, and without ``--data``
+    the synthetic corpus is checked only if it was prepared before.
     """
     check_address(address)
     _choice("scheduler", scheduler, SCHEDULERS)
     if study is not None:
         _choice("study", study, STUDIES)
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise InputError(f"--seeds must be >= 1; got {seeds}")
     if max_concurrent is not None and max_concurrent < 1:
         raise InputError(f"--max-concurrent must be >= 1; got {max_concurrent}")
@@ -236,19 +268,72 @@ def plan_sweep(base: RunConfig, *, variants: list[str] | None = None, seeds: int
     if with_detached:
         chosen += [v + ":detached" for v in chosen if v.count(":") == 2]
     sizes = parse_world_sizes(world_sizes) if study == "world-size" else None
-    trials = names.trial_configs(chosen, seeds, names.parse_grid(list(grid)), sizes, base)
+    race = None
+    if until is not None:
+        _check_race(seeds, study, scheduler)
+        arms = names.trial_configs(chosen, 1, names.parse_grid(list(grid)), None, base)
+        race = race_spec(base, arms, until)
+        trials = [race.trial(arm, 0) for arm in range(len(race.arms))]  # checked below
+    else:
+        trials = names.trial_configs(chosen, seeds or 3, names.parse_grid(list(grid)), sizes,
+                                     base)
     base = base.replace(trackers=plan_trackers(trackers, base.trackers))
     if sizes:
         base = base.replace(dropout=0.0)
     copies_to_keep()
     base = with_storage(base)
-    storage.check_writable(base.storage_path)
+    if not dry_run:
+        storage.check_writable(base.storage_path)
     folder = storage.join(base.storage_path,
                           name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
     check_new_sweep(folder)
-    base = resolve_data(base, class_order_file, trials)
-    return SweepPlan(folder=folder, base=base, trials=trials, scheduler=scheduler,
-                     max_concurrent=max_concurrent, study=study)
+    if not (dry_run and base.data is None and not _synthetic_prepared()):
+        base = resolve_data(base, class_order_file, trials)
+    return SweepPlan(folder=folder, base=base, trials=[] if race else trials,
+                     scheduler=scheduler, max_concurrent=max_concurrent, study=study,
+                     race=race)
+
+
+def _check_race(seeds: int | None, study: str | None, scheduler: str) -> None:
+    if seeds is not None:
+        raise InputError("--seeds fixes the seeds per variant; --until-decided chooses them "
+                         "(its budget per arm is --max-seeds): give one of the two")
+    if study is not None:
+        raise InputError("--until-decided compares variants; --study measures one effect "
+                         "at fixed seeds: give one of the two")
+    if scheduler != "fifo":
+        raise InputError("--until-decided needs every trial's final metric: use --scheduler "
+                         "fifo (asha stops trials before it)")
+
+
+def race_metrics(protocol: str) -> tuple[str, ...]:
+    """What a race may compare on (each higher-is-better, in every trial's last result):
+    the protocol's comparison metrics, accuracy, and how well emb_rec matches emb."""
+    return tuple(dict.fromkeys([*comparison_metrics(protocol), "test_acc", "val_acc",
+                                "test_cos_rec", "train_cos_rec"]))
+
+
+def race_spec(base: RunConfig, trials: list[dict], until: Until) -> RaceSpec:
+    """The race over the arms of ``trials`` (seed 0 each), the baseline's first."""
+    arms = [{k: v for k, v in t.items() if k != "seed"} for t in trials]
+    variants = [base.replace(**arm).variant for arm in arms]
+    baseline = until.baseline or ("cosine" if "cosine" in variants else variants[0])
+    if baseline not in variants:
+        raise InputError(f"--baseline {baseline!r} is not among the raced variants: "
+                         f"{', '.join(dict.fromkeys(variants))}")
+    if len(arms) < 2:
+        raise InputError("--until-decided compares arms with a baseline: give at least two "
+                         "variants (or grid points)")
+    first = variants.index(baseline)  # with a --grid, the baseline's first grid point
+    arms.insert(0, arms.pop(first))
+    metric = until.metric or comparison_metrics(base.protocol)[0]
+    _choice("metric", metric, race_metrics(base.protocol))
+    spec = RaceSpec(arms=arms, metric=metric, margin=until.margin, alpha=until.alpha,
+                    max_seeds=until.max_seeds)
+    try:
+        return spec.calibrated()
+    except ValueError as err:  # the rule names the allowed range of the value
+        raise InputError(str(err)) from err
 
 
 def fit_study(plan: SweepPlan, resources: dict[str, float]) -> SweepPlan:

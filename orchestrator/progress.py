@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 
 from ray import tune
 
+from orchestrator.estimate import duration
+
 log = logging.getLogger("dotsim.progress")
 
 
@@ -44,17 +46,6 @@ def epoch_line(run_name: str, epochs: int, m: dict) -> str:
     return line
 
 
-def duration(seconds: float | None) -> str:
-    """``42 s``, ``7 min``, ``2.5 h``; ``?`` when unknown."""
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 class SweepProgress(tune.Callback):
     """Tune callback (it runs in the sweep's driver): a line when a trial starts, at each
     of its epochs, and when it ends (status, ``metric``, trials done and left, time left).
@@ -65,8 +56,8 @@ class SweepProgress(tune.Callback):
 
     def __init__(self, *, total: int, epochs: int, metric: str, concurrency: int,
                  name: Callable, say: Callable[[str], None] = log.info,
-                 clock: Callable[[], float] = time.monotonic):
-        self.total, self.epochs = total, epochs
+                 clock: Callable[[], float] = time.monotonic, at_most: bool = False):
+        self.total, self.epochs, self.at_most = total, epochs, at_most
         self.metric, self.concurrency = metric, concurrency
         self.name, self.say, self.clock = name, say, clock
         self.setup()
@@ -90,8 +81,8 @@ class SweepProgress(tune.Callback):
         self._count(trials, trial)
         name = self.name(trial)
         self.started[name], self.epoch_done[name] = self.clock(), 0
-        self.say(f"[sweep] started {name} ({len(self.started)} running, "
-                 f"{self.done}/{self.total} done)")
+        self.say(f"[sweep] started {name} ({len(self.started)} running, {self.done}"
+                 + (" done)" if self.at_most else f"/{self.total} done)"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         name = self.name(trial)
@@ -124,6 +115,10 @@ class SweepProgress(tune.Callback):
             self.durations.append(took)
         self.done += 1
         left = self.total - self.done
+        if self.at_most:  # a race: how many more trials it needs depends on their results
+            self.say(f"[sweep] {name} {what} after {duration(took)}; {self.done} done, at "
+                     f"most {left} more")
+            return
         self.say(f"[sweep] {name} {what} after {duration(took)}; {self.done}/{self.total} "
                  f"done, {left} left" + (f", about {duration(self.time_left())} to go"
                                          if left else ""))
@@ -148,8 +143,13 @@ class SweepProgress(tune.Callback):
         return max(rates) * self.epochs if rates else None
 
 
-def plan_line(trials: int, concurrency: int, folder: str) -> str:
+def plan_line(trials: int, concurrency: int, folder: str, race=None) -> str:
     """The sweep's first line: how big, how parallel, where its curves are."""
-    waves = math.ceil(trials / max(concurrency, 1))
-    return (f"Sweep of {trials} trials, {concurrency} at a time ({waves} rounds), in "
-            f"{folder}\n  live curves: tensorboard --logdir {folder}")
+    if race is not None:
+        size = (f"Race of {len(race.arms)} arms on {race.metric} until decided (margin "
+                f"{race.margin:g}, alpha {race.alpha:g}; {len(race.arms) * race.min_seeds} to "
+                f"{trials} trials), {concurrency} at a time")
+    else:
+        waves = math.ceil(trials / max(concurrency, 1))
+        size = f"Sweep of {trials} trials, {concurrency} at a time ({waves} rounds)"
+    return f"{size}, in {folder}\n  live curves: tensorboard --logdir {folder}"

@@ -2,13 +2,18 @@
 
 Reads a sweep's ``results.parquet`` (one row per trial and epoch, with each trial's
 status). Per variant: the summary metrics as mean and 95% t-interval over its finished
-seeds; each variant against a baseline on every comparison metric, paired by seed, with a
-bootstrap interval, a t-test, Holm's correction across the variants compared, and the
-smallest difference the seeds could detect; the trials left out, by why (failed, stopped
-early, unfinished); under the FSKIL protocol, every session's accuracies and the plain
-log-mel baseline; for a world-size study, how far each world size's curve moves from
-world size 1. Writes ``comparison.png`` (and ``sessions.png`` under FSKIL) beside the
-results.
+seeds (and, from stats.BOOTSTRAP_MIN_SEEDS seeds, that variant's own percentile bootstrap
+interval). Each variant against a baseline on every comparison metric, paired by seed:
+the mean per-seed difference with its t-interval (and bootstrap interval of the
+differences, from as many seeds), the probability of beating the baseline on a seed, and
+the smallest difference the seeds could detect. One metric is primary (the protocol's
+first comparison metric, or a race's metric) and carries the decision: a paired t-test
+with Holm's correction across the variants compared, or, for a race, the race's decision
+(``report_race``); the others are descriptive. Then the trials left out, by why (failed,
+stopped early, unfinished); under the FSKIL protocol, every session's accuracies and the
+plain log-mel baseline; for a world-size study, how far each world size's curve moves
+from world size 1. Writes ``comparison.png`` (and ``sessions.png`` under FSKIL) beside
+the results.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from orchestrator import stats
-from orchestrator.results import load_results, read_definition
+from orchestrator import report_race, stats
+from orchestrator.estimate import duration
+from orchestrator.results import load_results, read_definition, read_timing
 from workers import storage
 from workers.errors import InputError
 from workers.metrics import (
@@ -144,26 +150,54 @@ def left_out(trials: pd.DataFrame) -> dict[str, list[dict]]:
     return out
 
 
-def paired(trials: pd.DataFrame, baseline: str, metric: str = COMPARISON_METRIC) -> list[dict]:
-    """Each variant minus the baseline on the same seeds (and grid point), with Holm's
-    correction across all the variants compared on ``metric``."""
+PRIMARY, DESCRIPTIVE = "primary", "descriptive"
+
+
+def paired(trials: pd.DataFrame, baseline: str, metric: str = COMPARISON_METRIC, *,
+           role: str = PRIMARY, pairs: list | None = None,
+           decisions: dict | None = None) -> list[dict]:
+    """Each variant minus the baseline on the same seeds, per ``pairs`` of (variant, grid)
+    keys (default: every variant against the baseline at its own grid point).
+
+    On the primary metric, a paired t-test with Holm's correction across the variants
+    compared, and a verdict; for a race, ``decisions`` (by key) instead, and no p-value (a
+    fixed-n test is not valid after stopping on the data). A descriptive metric has
+    neither: its estimates and intervals only.
+    """
     done = trials[trials["status"] == "FINISHED"]
-    out = []
-    for (variant, grid), group in done.groupby(["variant", "grid"], sort=False):
-        if variant == baseline:
-            continue
-        base = done[(done["variant"] == baseline) & (done["grid"] == grid)]
-        merged = group.merge(base, on="seed", suffixes=("", "_base"))
-        diffs = (merged[metric] - merged[f"{metric}_base"]).to_numpy(dtype=float)
-        test = stats.paired_test(diffs)
-        out.append({"variant": variant, "grid": json.loads(grid), "baseline": baseline,
-                    "metric": metric, "seeds": sorted(merged["seed"]), **test,
-                    "power": stats.power_sentence(test["n"], test["sd"] or 0.0,
-                                                  DIFFERENCE_OF_INTEREST)})
-    for row, p_holm in zip(out, stats.holm([row["p"] for row in out]), strict=True):
-        row["p_holm"] = p_holm
-        row["verdict"] = _verdict(row)
+    if pairs is None:
+        keys = dict.fromkeys(zip(done["variant"], done["grid"], strict=True))
+        pairs = [(key, (baseline, key[1])) for key in keys if key[0] != baseline]
+    out = [_pair_row(done, key, base, metric, role) for key, base in pairs]
+    if role == DESCRIPTIVE:
+        for row in out:
+            row |= {"p": None, "p_holm": None,
+                    **({"decision": None} if decisions is not None else {"verdict": None})}
+    elif decisions is not None:
+        for row in out:
+            row |= {"p": None, "p_holm": None,
+                    "decision": decisions[(row["variant"], json.dumps(row["grid"]))]}
+    else:
+        for row, p_holm in zip(out, stats.holm([row["p"] for row in out]), strict=True):
+            row["p_holm"] = p_holm
+            row["verdict"] = _verdict(row)
     return out
+
+
+def _pair_row(done: pd.DataFrame, key: tuple, base: tuple, metric: str, role: str) -> dict:
+    column = report_race.column(metric)
+    mine = done[(done["variant"] == key[0]) & (done["grid"] == key[1])]
+    theirs = done[(done["variant"] == base[0]) & (done["grid"] == base[1])]
+    merged = mine.merge(theirs, on="seed", suffixes=("", "_base"))
+    diffs = (merged[column] - merged[f"{column}_base"]).to_numpy(dtype=float)
+    test = stats.paired_test(diffs)
+    better = stats.probability_of_improvement(diffs)
+    return {"variant": key[0], "grid": json.loads(key[1]), "baseline": base[0],
+            "baseline_grid": json.loads(base[1]), "metric": metric, "role": role,
+            "seeds": sorted(int(s) for s in merged["seed"][~np.isnan(diffs)]), **test,
+            "p_improvement": better["estimate"], "p_improvement_ci": better["interval"],
+            "power": stats.power_sentence(test["n"], test["sd"] or 0.0,
+                                          DIFFERENCE_OF_INTEREST)}
 
 
 def _verdict(row: dict) -> str:
@@ -214,15 +248,34 @@ def build_report(sweep_dir: str, baseline: str | None = None) -> dict:
     trials = per_trial(frame)
     definition = read_definition(sweep_dir)
     protocol = definition.get("base", {}).get("protocol", "standard")
-    baseline = choose_baseline(trials, baseline)
-    metrics = comparison_metrics(protocol)
+    spec = report_race.race_spec(definition)
+    if spec is None:
+        baseline, primary = choose_baseline(trials, baseline), comparison_metrics(protocol)[0]
+        race, pairs, decided = None, None, None
+    else:
+        keys = report_race.arm_keys(spec, definition.get("base", {}))
+        baseline, primary = report_race.check_baseline(keys, baseline), spec.metric
+        race = report_race.build(trials, spec, keys)
+        pairs = [(key, keys[0]) for key in keys[1:]]
+        decided = {(d["variant"], json.dumps(d["grid"])): d["decision"]
+                   for d in race["decisions"]}
+    metrics = list(dict.fromkeys([primary, *comparison_metrics(protocol)]))
+    compared = [row for m in metrics for row in paired(
+        trials, baseline, m, role=PRIMARY if m == primary else DESCRIPTIVE, pairs=pairs,
+        decisions=decided)]
     report = {"sweep": sweep_dir, "protocol": protocol, "baseline": baseline,
-              "metrics": list(metrics), "variants": summarise(trials, protocol),
-              "left_out": left_out(trials),
-              "paired": [row for m in metrics for row in paired(trials, baseline, m)],
-              "sessions": sessions(trials, protocol), "study": definition.get("study")}
+              "metrics": metrics, "primary_metric": primary,
+              "bootstrap_min_seeds": stats.BOOTSTRAP_MIN_SEEDS,
+              "variants": summarise(trials, protocol), "left_out": left_out(trials),
+              "paired": compared, "sessions": sessions(trials, protocol),
+              "study": definition.get("study")}
+    if race is not None:
+        report["race"] = race
     if definition.get("study") == "world-size":
         report["world_size"] = world_size_drift(frame)
+    if (timing := read_timing(sweep_dir)) is not None:
+        report["time"] = {"estimate": timing.get("estimate"), "seconds": timing["seconds"],
+                          "sessions": len(timing["sessions"])}
     return report
 
 
@@ -261,20 +314,27 @@ def _fmt_p(p) -> str:
 
 
 def to_markdown(report: dict) -> str:
-    compared = set(report.get("metrics", ()))
-    lines = [f"# dotsim report: {report['sweep']}", "",
-             "Mean ± 95% t half-width over each variant's finished seeds; for the metrics "
-             "compared, the 95% bootstrap interval of the mean in brackets.", ""]
+    compared = {report_race.column(m) for m in report.get("metrics", ())}
+    lines = [f"# dotsim report: {report['sweep']}", ""]
+    if "race" in report:
+        lines += [*report_race.markdown(report["race"]), ""]
+    if "time" in report:
+        lines += [_time_line(report["time"]), ""]
+    lines += ["Mean ± 95% t half-width over each variant's finished seeds; for the metrics "
+              "compared, that variant's own 95% percentile bootstrap interval of the mean in "
+              "brackets (not paired: the paired comparison is below)."
+              + _bootstrap_note(report, [v[m] for v in report["variants"] for m in compared
+                                         if m in v]), ""]
     trained = [v for v in report["variants"] if v["variant"] != LOGMEL_BASELINE]
     lines += _table(trained, SUMMARY_METRICS, compared)
     if report.get("protocol") == "fskil":
         lines += ["", "## FSKIL headline numbers", "",
-                  "Mean ± 95% t half-width over seeds [95% bootstrap interval]; the log-mel "
-                  "baseline is the same protocol with no training (prototypes of "
+                  "Mean ± 95% t half-width over seeds [95% bootstrap interval, where shown]; "
+                  "the log-mel baseline is the same protocol with no training (prototypes of "
                   "time-averaged log-mel spectrograms as prepared).", ""]
         lines += _table(report["variants"], FSKIL_METRICS, compared)
     lines += _left_out_lines(report["left_out"])
-    lines += _paired_lines(report["baseline"], report["paired"])
+    lines += _paired_lines(report)
     if report.get("sessions"):
         lines += _session_lines(report["sessions"])
     if "world_size" in report:
@@ -289,6 +349,31 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _time_line(time: dict) -> str:
+    """The time the sweep took beside the estimate printed when it started."""
+    took = "not yet ended" if time["seconds"] is None else duration(time["seconds"])
+    sessions = f" over {time['sessions']} sessions" if time["sessions"] > 1 else ""
+    estimate = time.get("estimate") or {}
+    if not estimate.get("seconds"):
+        return (f"Time: {took}{sessions}; no estimate when it started (no earlier run of "
+                "its config in the storage).")
+    said = ", ".join(f"{label} {duration(s)}".strip()
+                     for label, s in estimate["seconds"].items())
+    return (f"Time: {took}{sessions}; estimated when it started: {said} (a trial about "
+            f"{duration(estimate['trial_seconds'])}, from {estimate['runs']} earlier runs).")
+
+
+def _bootstrap_note(report: dict, counts: list) -> str:
+    """" Bootstrap shown from N seeds: ..." when some interval of ``counts`` (stats with an
+    "n", or numbers of seeds) has none for want of seeds; else nothing."""
+    least = report.get("bootstrap_min_seeds", stats.BOOTSTRAP_MIN_SEEDS)
+    seeds = [c["n"] if isinstance(c, dict) else c for c in counts]
+    if not any(2 <= n < least for n in seeds):
+        return ""
+    note = stats.bootstrap_note(least)
+    return f" {note[0].upper()}{note[1:]}."
+
+
 def _table(variants: list[dict], metrics: dict[str, str],
            compared: set[str] = frozenset()) -> list[str]:
     head = ["variant", "grid", "seeds", *metrics.values()]
@@ -301,21 +386,53 @@ def _table(variants: list[dict], metrics: dict[str, str],
     return lines
 
 
-def _paired_lines(baseline: str, rows: list[dict]) -> list[str]:
-    lines = ["", f"## Paired by seed against `{baseline}`", "",
-             "Each variant minus the baseline on the same seeds; p from a paired t-test, "
-             "Holm-corrected per metric across the variants compared.", "",
-             "| metric | variant | grid | seeds | mean difference | 95% t CI | 95% bootstrap | "
-             "p | p (Holm) | verdict | what these seeds can tell |",
-             "|" + " --- |" * 11]
-    for p in rows:
-        diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:+.3f}"
-        ci = "-" if p["half_width"] is None else f"± {p['half_width']:.3f}"
-        lines.append(f"| {p['metric']} | {p['variant']} | {_grid(p['grid'])} | "
-                     f"{len(p['seeds'])} | {diff} | {ci} | {_fmt_range(p['bootstrap_ci'])} | "
-                     f"{_fmt_p(p['p'])} | {_fmt_p(p['p_holm'])} | {p['verdict']} | "
-                     f"{p['power']} |")
+def _paired_lines(report: dict) -> list[str]:
+    rows, race = report["paired"], "race" in report
+    primary = report.get("primary_metric", (report.get("metrics") or [None])[0])
+    if race:
+        rule = (f"The primary metric, `{primary}`, is decided by the race (see Decisions); "
+                "no p-value is shown, for a fixed-n test is not valid after stopping on the "
+                "data.")
+    else:
+        rule = (f"Verdicts rest on one primary metric, `{primary}`: p from a paired t-test, "
+                "Holm-corrected across the variants compared.")
+    head = ["metric", "role", "variant", "grid", "seeds", "mean difference", "95% t CI",
+            "95% bootstrap", "P(higher on a seed) [95% CI]",
+            *(["decision"] if race else ["p", "p (Holm)", "verdict"]),
+            "what these seeds can tell"]
+    lines = ["", f"## Paired by seed against `{report['baseline']}`", "",
+             "Each variant minus the baseline on the same seeds. " + rule
+             + (" The other metrics are descriptive: estimates and intervals, no test and no "
+                "verdict." if any(p.get("role") == DESCRIPTIVE for p in rows) else "")
+             + " P(higher on a seed): the share of seeds on which the variant beats the "
+             "baseline (a tie counts 1/2), with its Clopper-Pearson interval (at least 95% "
+             "coverage at any number of seeds)."
+             + _bootstrap_note(report, [p["n"] for p in rows]), "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(_paired_cells(p, race)) + " |" for p in rows]
     return lines
+
+
+def _paired_cells(p: dict, race: bool) -> list[str]:
+    role = p.get("role", PRIMARY)
+    descriptive = role == DESCRIPTIVE
+    cells = [p["metric"], role, p["variant"], _grid(p["grid"]), str(len(p["seeds"])),
+             "-" if p["mean_diff"] is None else f"{p['mean_diff']:+.3f}",
+             "-" if p["half_width"] is None else f"± {p['half_width']:.3f}",
+             _fmt_range(p["bootstrap_ci"]), _fmt_improvement(p)]
+    if race:
+        cells.append("descriptive: no decision" if descriptive else p["decision"])
+    else:
+        cells += [_fmt_p(p["p"]), _fmt_p(p["p_holm"]),
+                  "descriptive: no verdict" if descriptive else p["verdict"]]
+    return [*cells, p["power"]]
+
+
+def _fmt_improvement(p: dict) -> str:
+    if p.get("p_improvement") is None:
+        return "-"
+    low, high = p["p_improvement_ci"]
+    return f"{p['p_improvement']:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _session_lines(table: list[dict]) -> list[str]:

@@ -6,6 +6,7 @@ Sweep folder::
     tune/             Tune's state (Tuner.restore) and TensorBoard event files per trial
     runs/<trial>/     each trial's Ray Train run (checkpoints with the epoch history)
     results.parquet   one row per trial and epoch: variant fields, seed, status, metrics
+    timing.json       the time estimated when the sweep started, and each session's span
 
 A trial ends FINISHED (every epoch and the final metrics), STOPPED (ended early by the
 ASHA scheduler), ERROR (its run failed; the error's last line is kept) or UNFINISHED
@@ -14,6 +15,7 @@ ASHA scheduler), ERROR (its run failed; the error's last line is kept) or UNFINI
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.parquet"
 TUNE_NAME = "tune"
 RUNS_NAME = "runs"
+TIMING_FILE = "timing.json"
+RECORD_FILE = "dotsim_run.json"  # in every run folder: its config and launches
 STATUSES = ("FINISHED", "STOPPED", "ERROR", "UNFINISHED")
 
 
@@ -52,6 +56,41 @@ def check_new_sweep(sweep_dir: str) -> None:
 def sweep_base(sweep_dir: str) -> RunConfig:
     """The base config a sweep was started with (its trackers among it)."""
     return RunConfig.from_dict(read_definition(sweep_dir)["base"])
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def session_started(sweep_dir: str, estimate: dict | None = None) -> None:
+    """A driver starts (or resumes) the sweep: a new session in timing.json; the first
+    one keeps the estimate printed at the start."""
+    path = storage.join(sweep_dir, TIMING_FILE)
+    timing = storage.read_json(path) if storage.exists(path) else {"sessions": []}
+    if estimate is not None:
+        timing["estimate"] = {k: v for k, v in estimate.items() if k != "lines"}
+    timing["sessions"].append({"started": _now(), "ended": None})
+    storage.write_json(path, timing)
+
+
+def session_ended(sweep_dir: str) -> None:
+    path = storage.join(sweep_dir, TIMING_FILE)
+    timing = storage.read_json(path)
+    timing["sessions"][-1]["ended"] = _now()
+    storage.write_json(path, timing)
+
+
+def read_timing(sweep_dir: str) -> dict | None:
+    """timing.json with ``seconds``: the sum of the sessions that ended (None if the sweep
+    has none: one started before dotsim kept it)."""
+    path = storage.join(sweep_dir, TIMING_FILE)
+    if not storage.exists(path):
+        return None
+    timing = storage.read_json(path)
+    spans = [(datetime.datetime.fromisoformat(s["ended"])
+              - datetime.datetime.fromisoformat(s["started"])).total_seconds()
+             for s in timing["sessions"] if s["ended"]]
+    return timing | {"seconds": sum(spans) if spans else None}
 
 
 @dataclass(frozen=True)

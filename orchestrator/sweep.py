@@ -15,14 +15,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import sys
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher, SearchGenerator
 
 from orchestrator import trackers
 from orchestrator.cluster import HEAD_RESOURCE
+from orchestrator.estimate import estimate
 from orchestrator.launch import RECORD_FILE, quiet, ray_session, run_history
 from orchestrator.plan import (
     SCHEDULERS,
@@ -33,6 +36,7 @@ from orchestrator.plan import (
     plan_trackers,
 )
 from orchestrator.progress import SweepProgress, plan_line
+from orchestrator.race import Race, RaceSpec, decision_line
 from orchestrator.results import (
     RESULTS_FILE,
     RUNS_NAME,
@@ -41,6 +45,8 @@ from orchestrator.results import (
     TrialOutcome,
     check_new_sweep,
     read_definition,
+    session_ended,
+    session_started,
     sweep_base,
     write_results,
 )
@@ -109,7 +115,7 @@ def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
     left over or failed."""
     check_new_sweep(plan.folder)  # again: the folder may have filled since it was planned
     plan = fit_study(plan, ray.cluster_resources())
-    at_once = concurrency(plan.base, plan.trials, ray.cluster_resources(),
+    at_once = concurrency(plan.base, plan.possible_trials(), ray.cluster_resources(),
                           plan.max_concurrent, elastic=elastic)
     if plan.base.trackers:  # the sweep's own tracker runs, which its trials are grouped under
         plan = dataclasses.replace(plan, base=plan.base.replace(
@@ -118,7 +124,12 @@ def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
     with trackers.sweep_run(plan.base.trackers):  # ends the sweep's tracker runs, however
         tuner = build_tuner(plan, at_once)
         storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
-        log.info(plan_line(len(plan.trials), at_once, plan.folder))
+        log.info(plan_line(len(plan.possible_trials()), at_once, plan.folder,
+                           race=plan.race))
+        expected = estimate(plan, at_once)
+        for line in expected["lines"]:
+            log.info("  " + line)
+        session_started(plan.folder, expected)
         return _fit(tuner, plan.folder)
 
 
@@ -145,23 +156,33 @@ def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
                                resume_unfinished=True, resume_errored=True)
     log.info(f"Resuming the sweep in {sweep_dir}")
     with trackers.sweep_run(specs, resumed=True):
+        session_started(sweep_dir)
         return _fit(tuner, sweep_dir)
 
 
 def build_tuner(plan: SweepPlan, at_once: int) -> tune.Tuner:
-    """The Tuner of ``plan``, ``at_once`` trials at a time, with the progress lines."""
+    """The Tuner of ``plan``, ``at_once`` trials at a time, with the progress lines: over
+    the grid of its trials, or, for a race, as its searcher suggests them."""
     trainable = tune.with_resources(_run_trial, trial_resources())
-    progress = SweepProgress(total=len(plan.trials), epochs=plan.base.epochs,
-                             metric=comparison_metrics(plan.base.protocol)[0],
-                             concurrency=at_once, name=_dirname)
+    constant = {"base": plan.base.to_dict(), "sweep_dir": plan.folder}
+    if plan.race is None:
+        space, search = {**constant, "trial": tune.grid_search(plan.trials)}, {}
+        metric = comparison_metrics(plan.base.protocol)[0]
+    else:  # the race limits its own concurrency: Tune's limiter wraps only a Searcher
+        race = RaceGenerator(RaceSearcher(plan.race, at_once, plan.base))
+        space, metric = constant, plan.race.metric
+        search = {"search_alg": race, "num_samples": len(plan.possible_trials())}
+    progress = SweepProgress(total=len(plan.possible_trials()), epochs=plan.base.epochs,
+                             metric=metric, concurrency=at_once, name=_dirname,
+                             at_most=plan.race is not None)
     return tune.Tuner(
         trainable,
-        param_space={"base": plan.base.to_dict(), "sweep_dir": plan.folder,
-                     "trial": tune.grid_search(plan.trials)},
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=SELECTION_METRIC, mode=SELECTION_MODE,
-            scheduler=_scheduler(plan.scheduler, plan.base), max_concurrent_trials=at_once,
-            trial_dirname_creator=_dirname, trial_name_creator=_dirname,
+            scheduler=_scheduler(plan.scheduler, plan.base),
+            max_concurrent_trials=None if plan.race else at_once,
+            trial_dirname_creator=_dirname, trial_name_creator=_dirname, **search,
         ),
         # max_failures=0: a trial whose Train run failed (after its own restarts) is an
         # ERROR at once, reported and re-run by --resume, not silently retried
@@ -214,6 +235,7 @@ def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
     results.parquet; then say what did not finish."""
     with _tune_output_silenced():
         tuner.fit()
+    session_ended(sweep_dir)  # Tune ended, whether every trial did or not
     outcomes = trial_outcomes(sweep_dir)
     write_results(sweep_dir, outcomes)
     for line in tracker_gaps(outcomes):
@@ -264,6 +286,65 @@ class _WithoutTuneHints(io.TextIOBase):
         sys.stderr.flush()
 
 
+# --- a race (--until-decided) -------------------------------------------------------
+
+
+class RaceSearcher(Searcher):
+    """The race as Tune's searcher: a suggestion is one trial's fields (Tune adds them to
+    the sweep's constant config under ``trial``)."""
+
+    def __init__(self, spec: RaceSpec, at_once: int, base):
+        super().__init__()
+        self.race = Race(spec, at_once)
+        self.base = base  # the sweep's RunConfig, to name arms in progress lines
+        self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (arm, seed)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        chosen = self.race.next_trial()
+        if chosen is None:
+            return None  # Tune asks again later; RaceGenerator says when it is over
+        self.race.start(*chosen)
+        self.trials[trial_id] = chosen
+        return {"trial": self.race.spec.trial(*chosen)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id not in self.trials:
+            return
+        arm, seed = self.trials[trial_id]
+        before = self.race.decisions()
+        value = None if error or not result else result.get(self.race.spec.metric)
+        if not error and not isinstance(value, int | float):
+            # a trial that ended without the compared metric cannot count as a seed
+            log.warning(f"trial {self.race.spec.trial(arm, seed)} ended without "
+                        f"{self.race.spec.metric}; its arm gets no further seeds")
+            value = None
+        self.race.finish(arm, seed, value)
+        for other, decision in self.race.decisions().items():
+            if decision.decision != "undecided" and before[other] != decision:
+                log.info("[race] " + decision_line(self.race.spec, other, decision, self.base))
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"race": self.race.to_state(), "trials": self.trials}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            saved = json.load(f)
+        self.race = Race.from_state(saved["race"])
+        self.race.retried()
+        self.trials = {k: tuple(v) for k, v in saved["trials"].items()}
+
+
+class RaceGenerator(SearchGenerator):
+    """Tune's SearchGenerator, finished exactly when the race is. Tune's own keeps
+    "finished" as a flag that it saves and restores with the sweep: a resumed race whose
+    failed trial, once re-run, makes more seeds worth running would end at once."""
+
+    def is_finished(self) -> bool:
+        return self.searcher.race.done()
+
+
 # --- outcomes ------------------------------------------------------------------------
 
 
@@ -273,11 +354,14 @@ def trial_outcomes(sweep_dir: str) -> list[TrialOutcome]:
     the trial's Train run (``history.json`` of its newest checkpoint)."""
     definition = read_definition(sweep_dir)
     tune_states = _tune_states(sweep_dir)
+    # a race's trials are those it started (Tune knows each), a grid's are all defined
+    trials = ([fields for _, _, fields in tune_states.values()] if definition.get("race")
+              else definition["trials"])
     outcomes = []
-    for trial in definition["trials"]:
+    for trial in trials:
         cfg = _trial_config(definition["base"], trial, sweep_dir)
         history = run_history(storage.join(cfg.storage_path, cfg.run_name))
-        tune_status, error = tune_states.get(cfg.run_name, ("PENDING", None))
+        tune_status, error, _ = tune_states.get(cfg.run_name, ("PENDING", None, trial))
         status, error = _status(tune_status, error, history, cfg.epochs,
                                 definition["scheduler"])
         outcomes.append(TrialOutcome(cfg.run_name, cfg, trial, status, error, history))
@@ -299,9 +383,10 @@ def _status(tune_status: str, error: str | None, history: list[dict], epochs: in
     return "UNFINISHED", None
 
 
-def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None]]:
-    """Trial name -> (Tune status, last line of its error) from Tune's latest saved state,
-    read with Ray's public ``ExperimentAnalysis`` ({} before Tune saved any)."""
+def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None, dict]]:
+    """Trial name -> (Tune status, last line of its error, the trial's fields) from
+    Tune's latest saved state, in the order Tune created them, read with Ray's public
+    ``ExperimentAnalysis`` ({} before Tune saved any)."""
     fs, path = storage.filesystem(storage.join(sweep_dir, TUNE_NAME))
     try:
         # quiet: it warns of every trial that has reported no metrics yet
@@ -317,7 +402,8 @@ def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None]]:
     for trial in analysis.trials:
         cfg = RunConfig.from_dict({**trial.config["base"], **trial.config["trial"]})
         error = trial.get_error() if trial.status == "ERROR" else None
-        states[trial_name(cfg, trial.config["trial"])] = (trial.status, last_line(error))
+        states[trial_name(cfg, trial.config["trial"])] = (trial.status, last_line(error),
+                                                          trial.config["trial"])
     return states
 
 

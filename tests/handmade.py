@@ -28,10 +28,16 @@ def trial_rows(variant: str, seed: int, test_acc: float | None, *, epochs: int =
 
 
 def write_sweep(folder: Path, rows: list[dict], *, protocol: str = "standard",
-                study: str | None = None) -> Path:
-    """A sweep folder holding ``rows`` as its results."""
+                study: str | None = None, race: dict | None = None,
+                base: dict | None = None) -> Path:
+    """A sweep folder holding ``rows`` as its results; with ``race`` (sweep.json's
+    ``race``: arms, metric, margin, alpha, max_seeds, min_seeds), a race's; ``base``: its
+    base config (default: only the protocol)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep.json").write_text(json.dumps(
-        {"base": {"protocol": protocol}, "trials": [], "scheduler": "fifo", "study": study}))
+    definition = {"base": base or {"protocol": protocol}, "trials": [], "scheduler": "fifo",
+                  "study": study}
+    if race is not None:
+        definition["race"] = race
+    (folder / "sweep.json").write_text(json.dumps(definition))
     pd.DataFrame(rows).to_parquet(folder / "results.parquet")
     return folder

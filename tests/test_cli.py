@@ -54,7 +54,7 @@ def test_group_help_lists_commands():
 def test_options_with_a_fixed_set_of_values_list_them():
     text = CliRunner().invoke(cli, ["train", "--help"]).output
     for values in ("[tiny|small|base|large]", "[minmax|meanstd]", "[local|global]",
-                   "[standard|fskil]", "[skip|stop]"):
+                   "[standard|fskil]", "[skip|stop]", "[normalised|reference]"):
         assert values in text
 
 

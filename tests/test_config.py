@@ -24,6 +24,8 @@ def test_round_trip_through_dict():
         ({"batch_size": 12, "workers": 2}, "do not split evenly over 2 workers"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"epochs": 0}, "epochs must be > 0"),
+        ({"prototypes": "plain"}, "unknown prototypes 'plain'; allowed: normalised, reference"),
+        ({"protocol": "fskil", "prototypes": "mean"}, "allowed: normalised, reference"),
     ],
 )
 def test_bad_values_raise_value_error(kwargs, match):
@@ -77,6 +79,35 @@ def test_run_key_covers_what_changes_results_only():
                    {"extra": {"study": "x"}}):
         assert base.replace(**change).run_key() == base.run_key(), change
     assert base.default_run_name() == f"dot-minmax-global-seed0-{base.run_key()}"
+
+
+def test_prototypes_count_only_under_fskil_and_away_from_their_default():
+    import hashlib
+    import json
+
+    from workers.config import CHOICES, RUNTIME_FIELDS
+
+    assert CHOICES["prototypes"] == ("normalised", "reference") and "prototypes" in field_docs()
+    fskil = RunConfig(data="/d", protocol="fskil")
+    assert fskil.prototypes == "normalised" and fskil.fskil.prototypes == "normalised"
+    # the default keeps the key a run got before the field existed (its record has no
+    # prototypes): the same default name, and it resumes
+    older = {k: v for k, v in fskil.to_dict().items() if k != "prototypes"}
+    keyed = {k: v for k, v in older.items() if k not in RUNTIME_FIELDS}
+    older_key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
+    assert fskil.run_key() == older_key.hexdigest()[:8]
+    assert RunConfig.from_dict(older).differences(fskil) == []
+    # the reference's prototypes are another run under fskil ...
+    reference = fskil.replace(prototypes="reference")
+    assert reference.fskil.prototypes == "reference"
+    assert reference.run_key() != fskil.run_key()
+    assert reference.default_run_name() != fskil.default_run_name()
+    assert RunConfig.from_dict(older).differences(reference) == ["prototypes"]
+    assert reference.differences(fskil) == ["prototypes"]
+    # ... and change nothing under the standard protocol, like the FSKIL sizes
+    standard = RunConfig(data="/d")
+    assert standard.replace(prototypes="reference").run_key() == standard.run_key()
+    assert standard.replace(shots=3).run_key() == standard.run_key()
 
 
 def test_world_size_independence():

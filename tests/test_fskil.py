@@ -35,6 +35,10 @@ def test_protocol_defaults_and_validation():
                 {"base_classes": 2.5}, {"shots": True}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Protocol(**bad)
+    assert p.prototypes == "normalised" and p.normalize
+    assert not Protocol(prototypes="reference").normalize
+    with pytest.raises(ValueError, match="prototypes 'plain'; allowed: normalised, reference"):
+        Protocol(prototypes="plain")
     with pytest.raises(ValueError, match=r"20 \+ 3 \* 5 = 35"):
         p.check_words(34)
     Protocol(base_classes=30, ways=5, sessions=2).check_words(35)  # exactly enough
@@ -170,6 +174,61 @@ def test_prototypes_are_class_means_of_normalised_embeddings():
     assert torch.allclose(plain, torch.tensor([[0.5, -2.5], [1.5, 3.0]]))
     with pytest.raises(ValueError, match="class 4"):
         fskil.prototypes(emb, labels, [3, 4])
+
+
+# A hand-made 2-D set on which the two kinds of prototype disagree. Word 0's clips point
+# one way (0 degrees); word 1 has a long clip at 90 and a short one at 0 degrees, word 2 a
+# long one at -90 and a short one at 0: averaged after normalising they point at 45 and
+# -45 degrees, averaged as they are (the reference) at 84.3 and -84.3 degrees.
+HAND_TRAIN = ([0, 0, 1, 1, 2, 2],
+              [[1.0, 0.0], [3.0, 0.0], [0.0, 10.0], [1.0, 0.0], [0.0, -10.0], [1.0, 0.0]])
+# Test clips (word, angle in degrees): 30 is nearer 45 than 0 but nearer 0 than 84.3; -30
+# likewise against -45 and -84.3; 70 and -80 are their own word's under both.
+HAND_TEST = [(0, 30.0), (1, 70.0), (0, -30.0), (2, -80.0)]
+
+
+def hand_test_embeddings() -> tuple[torch.Tensor, torch.Tensor]:
+    angles = torch.tensor([a for _, a in HAND_TEST]).deg2rad()
+    return torch.tensor([w for w, _ in HAND_TEST]), torch.stack([angles.cos(), angles.sin()], 1)
+
+
+def test_reference_prototypes_are_plain_means_and_change_the_predictions():
+    labels, emb = torch.tensor(HAND_TRAIN[0]), torch.tensor(HAND_TRAIN[1])
+    normalised = fskil.prototypes(emb, labels, [0, 1, 2])
+    reference = fskil.prototypes(emb, labels, [0, 1, 2], normalize=False)
+    assert torch.allclose(normalised, torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.5, -0.5]]))
+    assert torch.allclose(reference, torch.tensor([[2.0, 0.0], [0.5, 5.0], [0.5, -5.0]]))
+    target, queries = hand_test_embeddings()
+    assert fskil.classify(queries, normalised).tolist() == [1, 1, 2, 2]
+    assert fskil.classify(queries, reference).tolist() == target.tolist() == [0, 1, 0, 2]
+
+
+@pytest.mark.parametrize("mode,session0,session1", [
+    # normalised: 30 degrees goes to word 1 (45), -30 to word 2 (-45) once it is there
+    ("normalised", {"overall": 2 / 3, "seen": 0.75, "unseen": None, "harmonic": None},
+     {"overall": 0.5, "seen": 0.5, "unseen": 1.0, "harmonic": 2 / 3}),
+    # reference: plain means of base and novel clips put every test clip right
+    ("reference", {"overall": 1.0, "seen": 1.0, "unseen": None, "harmonic": None},
+     {"overall": 1.0, "seen": 1.0, "unseen": 1.0, "harmonic": 1.0}),
+])
+def test_protocol_makes_base_and_novel_prototypes_as_it_says(mode, session0, session1):
+    words = ["w0", "w1", "w2"]
+    train, test = make_split(HAND_TRAIN[0]), make_split([w for w, _ in HAND_TEST])
+    train_emb, (_, test_emb) = torch.tensor(HAND_TRAIN[1]), hand_test_embeddings()
+
+    def table(split, rows):
+        return (train_emb if split is train else test_emb)[rows]
+
+    # word 2 (novel) has exactly `shots` training clips: every episode draws both
+    protocol = Protocol(base_classes=2, ways=1, shots=2, sessions=2, episodes=2, prototypes=mode)
+    result = fskil.run_protocol(table, train, test, words, words, protocol, seed=0)
+    for got, want in zip(result.per_session, (session0, session1), strict=True):
+        assert got == {k: pytest.approx(v) if v is not None else None for k, v in want.items()}
+    assert result.protocol["prototypes"] == mode
+    if mode == "normalised":  # the default: today's numbers
+        default = Protocol(base_classes=2, ways=1, shots=2, sessions=2, episodes=2)
+        assert fskil.run_protocol(table, train, test, words, words, default,
+                                  seed=0).per_session == result.per_session
 
 
 def test_classify_is_cosine_not_euclidean_or_dot():

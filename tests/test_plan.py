@@ -72,3 +72,55 @@ def test_a_bad_node_cache_setting_is_refused_before_any_data_is_prepared(no_cach
     with pytest.raises(InputError, match="DOTSIM_NODE_CACHE_KEEP='two'"):
         plan.plan_run(RunConfig())
     assert not no_cache.exists()
+
+
+# --- a race (--until-decided) ----------------------------------------------------------
+
+
+def test_a_race_plans_its_arms_baseline_first_and_no_fixed_trials(small_prepared, tmp_path):
+    base = RunConfig(data=str(small_prepared), storage_path=str(tmp_path))
+    planned = plan.plan_sweep(base, variants=["dot:minmax:global", "cosine"],
+                              grid=["lr=0.001,0.002"], name="r",
+                              until=plan.Until(max_seeds=4, margin=0.02))
+    race = planned.race
+    assert race.arms == [{"similarity": "cosine", "lr": 0.001},
+                         {"similarity": "dot", "norm": "minmax", "scope": "global",
+                          "lr": 0.001},
+                         {"similarity": "dot", "norm": "minmax", "scope": "global",
+                          "lr": 0.002},
+                         {"similarity": "cosine", "lr": 0.002}]
+    assert (race.metric, race.margin, race.max_seeds) == ("test_acc", 0.02, 4)
+    assert planned.trials == [] and planned.definition()["race"] == race.to_dict()
+    assert len(planned.possible_trials()) == 16
+    assert race.rule().comparisons == 3
+    fskil = plan.plan_sweep(base.replace(protocol="fskil", batch_size=64, shots=3),
+                            variants=["cosine", "ce-only"],
+                            name="f", until=plan.Until(baseline="ce-only"))
+    assert fskil.race.metric == "fskil_mean_acc"
+    assert fskil.race.arms[0] == {"similarity": "cosine", "w_lpc": 0.0, "w_shuffled": 0.0}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seeds": 3}, "give one of the two"),
+    ({"study": "world-size"}, "give one of the two"),
+    ({"scheduler": "asha"}, "--scheduler fifo"),
+    ({"until": plan.Until(baseline="dot:meanstd:local")}, "not among the raced variants"),
+    ({"until": plan.Until(metric="train_loss")}, "allowed: test_acc, val_acc"),
+    ({"until": plan.Until(alpha=1.5)}, "alpha"),
+    ({"until": plan.Until(max_seeds=2)}, "seeds"),
+    ({"variants": ["cosine"]}, "at least two"),
+])
+def test_a_race_that_cannot_run_is_refused_before_any_data(kwargs, message, tmp_path,
+                                                           no_cache):
+    kwargs = {"variants": ["cosine", "ce-only"], "until": plan.Until()} | kwargs
+    with pytest.raises(InputError, match=message):
+        plan.plan_sweep(RunConfig(storage_path=str(tmp_path)), **kwargs)
+    assert not no_cache.exists()
+
+
+def test_race_options_without_until_decided_are_refused(tmp_path, no_cache):
+    result = CliRunner().invoke(cli, ["sweep", "--storage-path", str(tmp_path),
+                                      "--margin", "0.02", "--max-seeds", "9"])
+    assert result.exit_code == 2
+    assert "--max-seeds, --margin only apply with --until-decided" in result.output
+    assert not no_cache.exists()

@@ -189,3 +189,49 @@ def test_failed_trial_is_reported_and_resume_reruns_it(ray_local, small_prepared
     assert sorted(frame[frame["trial"] == "cosine-seed0"]["epoch"]) == [1, 2, 3]
     assert sorted(p.name for p in (sweep / "runs" / "dot-minmax-global-seed0")
                   .glob("checkpoint_*")) == finished_before  # not trained again
+
+
+RACE = [*tiny_options(epochs=2, cpus_per_worker=0.5), "--variants", "cosine", "--grid",
+        "lr=0.004,0.0000001", "--until-decided", "--max-seeds", "5", "--metric",
+        "train_cos_rec", "--max-failures", "0"]
+GOOD, WORSE = "cosine-seed{}-lr=0.004", "cosine-seed{}-lr=1e-07"
+
+
+def test_race_stops_seeding_a_worse_arm_survives_a_failed_trial_and_resumes(
+        ray_local, small_prepared, tmp_path):
+    """A race of a learning arm (the baseline) against one that barely moves (lr 1e-7) on
+    how well emb_rec matches emb. A worker of the worse arm's seed 1 is killed with no
+    restarts left: that trial is an ERROR, its arm gets no seed past the gap, the sweep
+    exits 1 listing it. --resume re-runs it and the race goes on: the worse arm is
+    decided "worse" at its first look (3 seeds), so seeds 3 and 4 of the budget of 5 never
+    run, for either arm."""
+    sweep = tmp_path / "s"
+    killer = faults.kill_a_worker_when(
+        lambda: run_history(str(sweep / "runs" / WORSE.format(1))))
+    result = CliRunner().invoke(cli, [
+        "sweep", "--data", str(small_prepared), "--storage-path", str(tmp_path), "--name", "s",
+        *RACE, "--max-concurrent", "1", "--json"])
+    killer.join()
+    assert killer.killed
+    assert result.exit_code == 1, result.output
+    assert f"trial {WORSE.format(1)} failed: " in result.stderr
+    assert "Race of 2 arms on train_cos_rec until decided" in result.stderr
+    frame = pd.read_parquet(sweep / "results.parquet")
+    status = frame.groupby("trial")["status"].first().to_dict()
+    assert status == {GOOD.format(0): "FINISHED", WORSE.format(0): "FINISHED",
+                      GOOD.format(1): "FINISHED", WORSE.format(1): "ERROR"}
+    definition = json.loads((sweep / "sweep.json").read_text())
+    assert definition["trials"] == [] and definition["race"]["arms"][0]["lr"] == 0.004
+
+    resumed = CliRunner().invoke(cli, ["sweep", "--resume", str(sweep), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    frame = pd.read_parquet(sweep / "results.parquet")
+    runs = set(frame["trial"])
+    assert runs == {arm.format(s) for arm in (GOOD, WORSE) for s in range(3)}
+    assert (frame["status"] == "FINISHED").all()
+    assert sorted(p.name for p in (sweep / "runs").iterdir()) == sorted(runs)
+    assert "[race] cosine lr=1e-07 vs cosine lr=0.004 on train_cos_rec: worse after 3 " \
+           "seeds (1 looks)" in resumed.stderr
+    report = json.loads(resumed.stdout)
+    [row] = [r for r in report["paired"] if r["role"] == "primary"]
+    assert row["metric"] == "train_cos_rec" and row["decision"] == "worse"

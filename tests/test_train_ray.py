@@ -76,7 +76,9 @@ def test_a_finished_run_is_not_trained_again_and_refuses_other_options(ray_local
     assert history[0]["world_size"] == 2
     folder = Path(a["path"])
     record = json.loads((folder / RECORD_FILE).read_text())
-    assert record["launches"][0]["cluster_resources"]["CPU"] == 2
+    launch = record["launches"][0]
+    assert launch["cluster_resources"]["CPU"] == 2
+    assert launch["seconds"] > 0 and launch["epochs_done_after"] == 2  # what estimates read
     files = _files(folder)
 
     again = train()

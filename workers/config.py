@@ -79,6 +79,10 @@ class RunConfig:
     """fskil: the words in order, base words first, then each session's (--class-order
     FILE, one word a line). None: the FSKIL reference's order for the 35 Speech Commands
     words (the synthetic corpus says the same words), else the prepared labels' order."""
+    prototypes: str = "normalised"
+    """fskil: how a class prototype averages its clips' embeddings: normalised (the mean of
+    the L2-normalised embeddings) or reference (the plain mean, as the FSKIL reference
+    code does); either way a clip goes to the prototype of highest cosine similarity."""
 
     # --- optimisation -----------------------------------------------------------------
     epochs: int = 15
@@ -156,6 +160,9 @@ class RunConfig:
         if self.protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {self.protocol!r}; allowed: "
                              f"{', '.join(PROTOCOLS)}")
+        if self.prototypes not in PROTOTYPES:
+            raise InputError(f"unknown prototypes {self.prototypes!r}; allowed: "
+                             f"{', '.join(PROTOTYPES)}")
         if self.protocol == "fskil":
             self._check_fskil()
         if self.on_nonfinite not in ON_NONFINITE:
@@ -189,11 +196,12 @@ class RunConfig:
 
     @property
     def fskil(self):
-        """The FSKIL protocol's sizes (``workers.fskil.Protocol``)."""
+        """The FSKIL protocol's sizes and prototypes (``workers.fskil.Protocol``)."""
         from workers.fskil import Protocol
 
         return Protocol(base_classes=self.base_classes, ways=self.ways, shots=self.shots,
-                        sessions=self.sessions, episodes=self.episodes)
+                        sessions=self.sessions, episodes=self.episodes,
+                        prototypes=self.prototypes)
 
     @property
     def groups_per_batch(self) -> int:
@@ -222,10 +230,13 @@ class RunConfig:
         return self.scope == "global" or self.similarity == "cosine"
 
     def result_fields(self) -> dict[str, Any]:
-        """The fields that can change a run's numbers: all but RUNTIME_FIELDS, and the FSKIL
-        protocol's sizes only under that protocol."""
+        """The fields that can change a run's numbers: all but RUNTIME_FIELDS, the FSKIL
+        protocol's fields only under that protocol, and the LATER_FIELDS only away from
+        their defaults."""
         ignored = RUNTIME_FIELDS + (FSKIL_FIELDS if self.protocol != "fskil" else ())
-        return {k: v for k, v in asdict(self).items() if k not in ignored}
+        defaults = {f.name: f.default for f in fields(self) if f.name in LATER_FIELDS}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ignored and not (k in defaults and v == defaults[k])}
 
     def run_key(self) -> str:
         """A short hash of ``result_fields``: equal keys, equal runs."""
@@ -263,8 +274,14 @@ class RunConfig:
 
 
 PROTOCOLS = ("standard", "fskil")
+PROTOTYPES = ("normalised", "reference")
 ON_NONFINITE = ("skip", "stop")
-FSKIL_FIELDS = ("base_classes", "ways", "shots", "sessions", "episodes", "class_order")
+FSKIL_FIELDS = ("base_classes", "ways", "shots", "sessions", "episodes", "class_order",
+                "prototypes")
+
+# Fields added after runs were keyed: at their default they are left out of the key, so a
+# run started before they existed keeps its key and default name, and resumes.
+LATER_FIELDS = ("prototypes",)
 
 TRACKERS = ("mlflow", "wandb")
 
@@ -280,7 +297,7 @@ RUNTIME_FIELDS = ("storage_path", "run_name", "cpus_per_worker", "threads_per_wo
 # The fields whose values are names from a fixed list (the CLI lists them in --help).
 CHOICES: dict[str, tuple[str, ...]] = {"preset": tuple(PRESETS), "norm": NORMS,
                                        "scope": SCOPES, "protocol": PROTOCOLS,
-                                       "on_nonfinite": ON_NONFINITE}
+                                       "prototypes": PROTOTYPES, "on_nonfinite": ON_NONFINITE}
 
 
 def _positive(cfg: RunConfig, *names: str) -> None:
@@ -303,5 +320,5 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-__all__ = ["CHOICES", "NORMS", "PRESETS", "PROTOCOLS", "RUNTIME_FIELDS", "SCOPES", "RunConfig",
-           "field_docs"]
+__all__ = ["CHOICES", "NORMS", "PRESETS", "PROTOCOLS", "PROTOTYPES", "RUNTIME_FIELDS", "SCOPES",
+           "RunConfig", "field_docs"]

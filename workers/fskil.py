@@ -15,14 +15,17 @@ read, not copied:
 - ``data/dataset_prep.py`` and ``data/index_list/gsc2/session_{1..6}.txt``: the class
   order (``REFERENCE_ORDER``) and one fixed draw of the shots (seed 1997).
 - ``models/base/helper.py`` (``replace_base_fc``, ``test``) and ``models/base/Network.py``
-  (``update_fc_avg``): prototypes are plain means of the *unnormalised* encoder outputs,
-  scored by cosine; seen and unseen accuracy are means of the diagonal of a row-normalised
-  confusion matrix (mean per-class accuracy), the overall accuracy is pooled over clips.
+  (``update_fc_avg``, ``forward_metric``): prototypes are plain means of the
+  *unnormalised* encoder outputs, scored by cosine (mode ``avg_cos``); seen and unseen
+  accuracy are means of the diagonal of a row-normalised confusion matrix (mean per-class
+  accuracy), the overall accuracy is the mean of per-batch accuracies (batches of 100).
 - ``utils.py`` (``harm_mean``): harmonic mean 2ab / (a + b), for sessions 1.. only.
 
-Where dotsim differs: prototypes average L2-normalised embeddings by default (as the
-issue asks; ``normalize=False`` is the reference's plain mean), and shots are drawn
-afresh in each of several episodes from (seed, episode, word) instead of one fixed list.
+Where dotsim differs (docs/fskil.md lists every difference): prototypes average
+L2-normalised embeddings by default (as the issue asks; ``Protocol.prototypes =
+"reference"`` takes the reference's plain mean), shots are drawn from the training split
+afresh in each of several episodes from (seed, episode, word) instead of one fixed list
+from every non-test clip, and the overall accuracy is pooled over clips.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.config import PROTOTYPES
 from workers.data import Split
 from workers.errors import InputError
 
@@ -61,7 +65,8 @@ Accuracies = dict[str, float | None]
 
 @dataclass(frozen=True, kw_only=True)
 class Protocol:
-    """The sizes of an FSKIL run (the reference's Speech Commands v2 setup by default)."""
+    """The sizes of an FSKIL run (the reference's Speech Commands v2 setup by default) and
+    how its prototypes are made."""
 
     base_classes: int = 20
     """Words trained on in session 0."""
@@ -73,12 +78,23 @@ class Protocol:
     """Sessions in all, the base session included."""
     episodes: int = 10
     """Independent draws of the shots; accuracies are averaged over them."""
+    prototypes: str = "normalised"
+    """normalised: a prototype is the mean of L2-normalised embeddings; reference: the plain
+    mean of the embeddings, as the reference computes it. Scoring is cosine either way."""
 
     def __post_init__(self):
         for name in ("base_classes", "ways", "shots", "sessions", "episodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1; got {value!r}")
+        if self.prototypes not in PROTOTYPES:
+            raise InputError(f"unknown prototypes {self.prototypes!r}; allowed: "
+                             f"{', '.join(PROTOTYPES)}")
+
+    @property
+    def normalize(self) -> bool:
+        """Whether prototypes average L2-normalised embeddings (``prototypes(normalize=)``)."""
+        return self.prototypes == "normalised"
 
     @property
     def words(self) -> int:
@@ -94,7 +110,7 @@ class Protocol:
                 f"{self.words}"
             )
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -214,7 +230,8 @@ def draw_shots(labels: torch.Tensor, classes: Sequence[int], shots: int, *, seed
 def prototypes(emb: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], *,
                normalize: bool = True) -> torch.Tensor:
     """(C, D): per class in ``classes``, the mean of its rows of ``emb`` (N, D), each row
-    L2-normalised first (``normalize=False``: the reference's plain mean)."""
+    L2-normalised first (``normalize=False``: the reference's plain mean of the
+    unnormalised rows, ``Protocol(prototypes="reference")``)."""
     if normalize:
         emb = F.normalize(emb, dim=-1)
     means = []
@@ -298,7 +315,7 @@ class FskilResult:
     """What one evaluation under the protocol records (plain values: JSON and Parquet)."""
 
     order: list[str]  # the class order used: base words, then ways words per session
-    protocol: dict[str, int]
+    protocol: dict[str, int | str]  # Protocol.to_dict(): the sizes and the prototypes
     seed: int
     per_session: list[Accuracies]  # mean over episodes, one dict per session
     headline: dict[str, float | None]
@@ -307,17 +324,18 @@ class FskilResult:
 
 
 def run_protocol(embed_fn: EmbedFn, train: Split, test: Split, order: Sequence[str],
-                 labels: Sequence[str], protocol: Protocol, *, seed: int,
-                 normalize: bool = True) -> FskilResult:
+                 labels: Sequence[str], protocol: Protocol, *, seed: int) -> FskilResult:
     """Score a frozen embedding under the protocol: base prototypes from every base
-    training clip, then per episode novel prototypes from the drawn shots, then each
-    session's test on all words seen so far. ``embed_fn`` sees each needed row once:
-    the base training rows, the union of the episodes' shots, the test rows."""
+    training clip, then per episode novel prototypes from the drawn shots (both made as
+    ``protocol.prototypes`` says), then each session's test on all words seen so far.
+    ``embed_fn`` sees each needed row once: the base training rows, the union of the
+    episodes' shots, the test rows."""
     ids = class_ids(order[:protocol.words], labels)
     sessions = session_classes(ids, protocol)
     base, novel = sessions[0], [c for s in sessions[1:] for c in s]
     device = train.labels.device
 
+    normalize = protocol.normalize
     rows, _ = base_rows(train.labels, ids, protocol)
     base_protos = prototypes(_embed(embed_fn, train, rows), train.labels[rows].cpu(), base,
                              normalize=normalize)
@@ -371,12 +389,12 @@ def logmel_baseline(train: Split, test: Split, order: Sequence[str], labels: Seq
                     standardised_with: tuple[torch.Tensor, torch.Tensor] | None = None
                     ) -> FskilResult:
     """The protocol with no training: a clip's embedding is its log-mel spectrogram
-    (``speech``) averaged over frames, as prepared, and prototypes and classification as
-    for the encoder. ``standardised_with``: the per-bin (mean, std) with which the caller
-    standardised the splits' speech features (training does), undone here, so the
-    baseline sees the features as prepared. (Standardising the averages with base
-    statistics, tried first, halves this baseline on the synthetic corpus: 0.08 against
-    0.16 mean accuracy.)"""
+    (``speech``) averaged over frames, as prepared, and prototypes (``protocol.prototypes``)
+    and classification as for the encoder. ``standardised_with``: the per-bin (mean, std)
+    with which the caller standardised the splits' speech features (training does), undone
+    here, so the baseline sees the features as prepared. (Standardising the averages with
+    base statistics, tried first, halves this baseline on the synthetic corpus: 0.08
+    against 0.16 mean accuracy.)"""
 
     def embed_fn(split: Split, rows: torch.Tensor) -> torch.Tensor:
         averaged = torch.cat([split.take(rows[i:i + BASELINE_CHUNK], ("speech",))[0].mean(1)

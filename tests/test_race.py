@@ -1,0 +1,123 @@
+"""The race's bookkeeping (orchestrator.race.Race), without Ray: which (arm, seed) runs
+next, when an arm stops getting seeds, what a failed trial blocks, and what a resumed
+race re-runs. (The real race in Tune: test_sweep_ray.py.)"""
+
+import json
+
+import pytest
+
+from orchestrator.race import DONE, FAILED, RUNNING, Race, RaceSpec
+
+ARMS = [{"similarity": "cosine"}, {"similarity": "dot", "norm": "minmax", "scope": "global"},
+        {"similarity": "dot", "norm": "meanstd", "scope": "global"}]
+BASE, WORSE, CLOSE = 0.80, 0.30, 0.80  # the worse arm loses 0.5 on every seed
+
+
+def spec(**kw) -> RaceSpec:
+    return RaceSpec(arms=ARMS, metric="test_acc", **({"max_seeds": 6} | kw))
+
+
+def value(arm: int, seed: int) -> float:
+    """Per-seed results: the close arm wobbles around the baseline (never decided within
+    6 seeds), the worse arm is far below it with a little spread."""
+    wobble = 0.02 * (-1) ** seed
+    return {0: BASE + 0.001 * seed, 1: WORSE + 0.001 * seed + 0.0005 * (seed % 2),
+            2: CLOSE + wobble}[arm]
+
+
+def run_to_end(race: Race, fail: set = frozenset()) -> list[tuple[int, int]]:
+    """Start trials as slots free up and finish them oldest first; returns the order."""
+    order, running = [], []
+    while True:
+        while (chosen := race.next_trial()) is not None:
+            race.start(*chosen)
+            order.append(chosen)
+            running.append(chosen)
+        if not running:
+            return order
+        arm, seed = running.pop(0)
+        race.finish(arm, seed, None if (arm, seed) in fail else value(arm, seed))
+
+
+def test_seeds_go_to_the_arm_with_fewest_the_baseline_first():
+    race = Race(spec(), at_once=3)
+    picks = []
+    for _ in range(3):
+        picks.append(race.next_trial())
+        race.start(*picks[-1])
+    assert picks == [(0, 0), (1, 0), (2, 0)]
+    assert race.next_trial() is None  # three running: no slot
+    race.finish(1, 0, value(1, 0))
+    assert race.next_trial() == (0, 1)  # the fewest started, the baseline on a tie
+
+
+def test_a_clearly_worse_arm_stops_at_its_first_look_the_close_one_runs_its_budget():
+    race = Race(spec(), at_once=1)  # one at a time: no trial runs past a decision
+    order = run_to_end(race)
+    started = {arm: race.started(arm) for arm in range(3)}
+    assert started == {0: 6, 1: 3, 2: 6}  # worse decided at 3 seeds; close one undecided
+    decisions = race.decisions()
+    assert decisions[1].decision == "worse" and decisions[1].n == 3
+    assert decisions[1].looks == 1
+    assert decisions[2].decision == "undecided" and decisions[2].n == 6
+    assert len(order) == 15 and race.done()
+    # a fixed design with the same budget would have run 3 x 6 = 18 trials
+
+
+def test_the_baseline_stops_when_no_comparison_is_open():
+    two = RaceSpec(arms=ARMS[:2], metric="test_acc", max_seeds=10)
+    race = Race(two, at_once=1)
+    run_to_end(race)
+    assert (race.started(0), race.started(1)) == (3, 3)
+    assert race.decision(1).decision == "worse"
+
+
+def test_decisions_read_a_prefix_of_seeds_whatever_order_results_arrive():
+    race = Race(spec(), at_once=10)
+    for seed in (0, 2, 3):  # seed 1 of the worse arm not in yet
+        for arm in (0, 1):
+            race.start(arm, seed)
+            race.finish(arm, seed, value(arm, seed))
+    assert race.diffs(1) == [pytest.approx(value(1, 0) - value(0, 0))]
+    assert race.decision(1).decision == "undecided"
+    race.start(1, 1)
+    race.start(0, 1)
+    race.finish(0, 1, value(0, 1))
+    race.finish(1, 1, value(1, 1))
+    assert len(race.diffs(1)) == 4 and race.decision(1).decision == "worse"
+    assert race.decision(1).n == 3  # frozen at the first decisive look
+
+
+def test_a_failed_trial_blocks_its_arm_and_a_resumed_race_reruns_it():
+    race = Race(spec(), at_once=1)
+    run_to_end(race, fail={(1, 1)})
+    assert race.state[(1, 1)] == FAILED and race.started(1) == 2  # no seed past the gap
+    assert race.decision(1).decision == "undecided" and race.done()
+    assert race.started(2) == 6  # the other comparison went on to its budget
+
+    saved = json.loads(json.dumps(race.to_state()))  # as Tune's searcher state is stored
+    resumed = Race.from_state(saved)
+    resumed.retried()  # Tune re-runs failed trials on --resume
+    assert resumed.state[(1, 1)] == RUNNING and not resumed.done()
+    resumed.finish(1, 1, value(1, 1))
+    assert resumed.next_trial() == (1, 2)
+    run_to_end(resumed)
+    assert resumed.decision(1).decision == "worse" and resumed.decision(1).n == 3
+    assert resumed.decisions() == Race(spec(), 1, resumed.state, resumed.values).decisions()
+
+
+def test_a_failed_baseline_trial_stops_every_comparison():
+    race = Race(spec(), at_once=1)
+    run_to_end(race, fail={(0, 1)})
+    assert race.started(0) == 2 and race.done()
+    assert all(d.decision == "undecided" for d in race.decisions().values())
+
+
+def test_state_round_trips_through_json():
+    race = Race(spec(), at_once=2)
+    race.start(0, 0)
+    race.start(1, 0)
+    race.finish(0, 0, 0.5)
+    again = Race.from_state(json.loads(json.dumps(race.to_state())))
+    assert again.state == {(0, 0): DONE, (1, 0): RUNNING} and again.values == {(0, 0): 0.5}
+    assert again.at_once == 2 and again.spec == race.spec
