@@ -19,9 +19,7 @@ comparison, Bonferroni across comparisons). A false "better" or "worse" (the int
 excludes 0 on the wrong side of the truth) and a false "equivalent" (the interval inside
 +-margin while the truth is at least margin away) each need an interval that misses the
 truth, so all of them together happen with probability at most alpha, however the
-comparisons are correlated (they share the baseline's seeds). Looking at fewer seed counts
-than planned (a look skipped because results came in two at a time) only removes chances
-to miss.
+comparisons are correlated (they share the baseline's seeds).
 
 How exact a* is. With normal per-seed differences the t statistics (mean - truth) / (sd
 / sqrt(n)) at the looks have a joint law free of the true mean and sd, so the chance

@@ -126,9 +126,11 @@ def seed_spread(cfg: RunConfig, metric: str) -> tuple[float | None, int]:
         frame = pd.read_parquet(io.BytesIO(storage.read_bytes(results)))
         if metric not in frame:
             continue
-        finals = frame[frame["status"] == "FINISHED"].dropna(subset=[metric])
+        # each finished trial's last epoch (some metrics are in every epoch's row)
+        finals = frame[frame["status"] == "FINISHED"].sort_values("epoch") \
+            .groupby("trial").tail(1).dropna(subset=[metric])
         for _, group in finals.groupby(["variant", "grid"]):
-            values = group.drop_duplicates("trial")[metric]
+            values = group[metric]
             if len(values) >= 2:
                 squares += float(values.var(ddof=1)) * (len(values) - 1)
                 df += len(values) - 1
@@ -171,9 +173,10 @@ def _race_counts(plan) -> tuple[dict[str, float], list[str]]:
         expected = expected_trials(race.rule(), [0.0] * (len(race.arms) - 1),
                                    math.sqrt(2) * spread)
         counts["expected"] = expected["mean"]
-        lines.append(f"expected: if no variant differs from the baseline (the slowest "
-                     f"case), with the spread of {race.metric} across seeds in {trials} "
-                     f"earlier trials of this config (sd {spread:.3g})")
+        lines.append(f"expected: if no variant differs from the baseline, with the spread "
+                     f"of {race.metric} across seeds in {trials} earlier trials of this "
+                     f"config (sd {spread:.3g}); trials still running when a comparison is "
+                     "decided come on top")
     counts["at most"] = len(race.arms) * race.max_seeds
     return counts, lines
 

@@ -307,10 +307,11 @@ def _check_race(seeds: int | None, study: str | None, scheduler: str) -> None:
 
 
 def race_metrics(protocol: str) -> tuple[str, ...]:
-    """What a race may compare on (each higher-is-better, in every trial's last result):
-    the protocol's comparison metrics, accuracy, and how well emb_rec matches emb."""
+    """What a race may compare on (each higher-is-better, in every trial's last result and
+    in the report's table of trials): the protocol's comparison metrics, accuracy, and how
+    well emb_rec matches emb."""
     return tuple(dict.fromkeys([*comparison_metrics(protocol), "test_acc", "val_acc",
-                                "test_cos_rec", "train_cos_rec"]))
+                                "train_cos_rec"]))
 
 
 def race_spec(base: RunConfig, trials: list[dict], until: Until) -> RaceSpec:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from orchestrator.decide import MIN_SEEDS, Decision, Rule
@@ -57,6 +59,10 @@ class RaceSpec:
 
     def trial(self, arm: int, seed: int) -> dict:
         return {**self.arms[arm], "seed": seed}
+
+    def arm_of(self, trial: dict) -> int:
+        """The arm a trial's fields (with its seed) belong to."""
+        return self.arms.index({k: v for k, v in trial.items() if k != "seed"})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,16 +153,25 @@ class Race:
             self.state[(arm, seed)] = DONE
             self.values[(arm, seed)] = float(value)
 
-    def retried(self) -> None:
-        """A resumed sweep re-runs every failed trial (Tune's resume_errored)."""
-        for key, status in self.state.items():
-            if status == FAILED:
-                self.state[key] = RUNNING
-
     def to_state(self) -> dict:
         return {"spec": self.spec.to_dict(), "at_once": self.at_once,
                 "state": [[a, s, v] for (a, s), v in sorted(self.state.items())],
                 "values": [[a, s, v] for (a, s), v in sorted(self.values.items())]}
+
+    @classmethod
+    def of_outcomes(cls, spec: RaceSpec, outcomes) -> Race:
+        """The race that trials' outcomes make, as the report and the end of a sweep see
+        it: ``(arm, seed, status, value)`` each, status as in ``results.STATUSES``. A
+        FINISHED trial counts with its value (if ``accepted``), an UNFINISHED one as
+        running, anything else as failed."""
+        race = cls(spec, at_once=len(spec.arms) * spec.max_seeds)
+        for arm, seed, status, value in outcomes:
+            race.start(arm, seed)
+            if status == "FINISHED":
+                race.finish(arm, seed, accepted(value))
+            elif status != "UNFINISHED":
+                race.finish(arm, seed, None)
+        return race
 
     @classmethod
     def from_state(cls, saved: dict) -> Race:
@@ -165,13 +180,24 @@ class Race:
                    {(a, s): v for a, s, v in saved["values"]})
 
 
+def accepted(value) -> float | None:
+    """A trial's metric as a seed's value: a finite number, else None (the trial counts
+    as failed: a NaN or a missing metric must not become a seed, nor stop the race)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def label(variant: str, grid: dict) -> str:
+    """An arm's name: its variant and the grid fields it sets, e.g. ``cosine lr=1e-07``."""
+    return variant + "".join(f" {k}={v}" for k, v in grid.items())
+
+
 def arm_label(spec: RaceSpec, arm: int, base) -> str:
-    """An arm's name in progress lines: its variant and the grid fields it sets."""
     from orchestrator.variants import grid_point
 
     cfg = base.replace(**spec.arms[arm])
-    grid = grid_point(cfg, spec.arms[arm])
-    return cfg.variant + "".join(f" {k}={v}" for k, v in grid.items())
+    return label(cfg.variant, grid_point(cfg, spec.arms[arm]))
 
 
 def decision_line(spec: RaceSpec, arm: int, decision: Decision, base) -> str:

@@ -3,9 +3,9 @@ seeds, and what that saved against giving every arm its whole budget.
 
 A race's sweep.json carries ``race`` (``orchestrator.race.RaceSpec``): its arms (trial
 fields without the seed; ``arms[0]`` is the baseline), the metric, margin, alpha and seed
-budget. The report rebuilds each comparison's per-seed differences from results.parquet
-as the race saw them (seeds 0, 1, ... while both arms finished with the metric: a prefix)
-and asks the race's own ``Rule`` for the decision, so the report and the race agree.
+budget. The report rebuilds the race from results.parquet with the race's own bookkeeping
+(``Race.of_outcomes``: seeds 0, 1, ... while both arms finished with a finite value of the
+metric, a prefix) and its own ``Rule``, so the report and the race agree.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from orchestrator import stats
 from orchestrator.decide import Decision
-from orchestrator.race import RaceSpec
+from orchestrator.race import Race, RaceSpec, label
 from orchestrator.variants import grid_point
 from workers.config import RunConfig
 from workers.errors import InputError
@@ -63,31 +63,27 @@ def _arm(trials: pd.DataFrame, key: Key) -> pd.DataFrame:
     return trials[(trials["variant"] == key[0]) & (trials["grid"] == key[1])]
 
 
-def _values(arm: pd.DataFrame, metric: str) -> dict[int, float]:
-    """seed -> the metric, for the arm's trials that finished with it."""
-    done = arm[(arm["status"] == "FINISHED") & arm[column(metric)].notna()]
-    return dict(zip(done["seed"].astype(int), done[column(metric)].astype(float),
-                    strict=True))
+def race_of(trials: pd.DataFrame, spec: RaceSpec, keys: list[Key]) -> Race:
+    """The race the trials make (``Race.of_outcomes``: the same bookkeeping the race ran
+    on), each trial's value its row in the report's table of trials."""
+    arm = {key: i for i, key in enumerate(keys)}
+    outcomes = []
+    for row in trials.itertuples(index=False):
+        key = (row.variant, row.grid)
+        if key in arm:
+            outcomes.append((arm[key], int(row.seed), row.status,
+                             getattr(row, column(spec.metric))))
+    return Race.of_outcomes(spec, outcomes)
 
 
-def prefix(trials: pd.DataFrame, arm: Key, baseline: Key, metric: str,
-           max_seeds: int) -> tuple[list[float], dict | None]:
-    """Arm minus baseline on seeds 0, 1, ... while both finished with the metric, and why
-    it stops before a seed either arm ran (None when it stops only where the seeds end)."""
-    mine, theirs = _values(_arm(trials, arm), metric), _values(_arm(trials, baseline), metric)
-    diffs = []
-    for seed in range(max_seeds):
-        if seed not in mine or seed not in theirs:
-            return diffs, _gap(trials, seed, (arm, mine), (baseline, theirs))
-        diffs.append(mine[seed] - theirs[seed])
-    return diffs, None
-
-
-def _gap(trials, seed: int, *sides) -> dict | None:
-    for key, values in sides:
-        if seed in values:
+def _gap(trials: pd.DataFrame, race: Race, arm: int, keys: list[Key]) -> dict | None:
+    """Why the arm's paired seeds stop before a seed either arm ran (None when they stop
+    only where the seeds end)."""
+    seed = len(race.diffs(arm))
+    for side in (arm, 0):
+        if race.values.get((side, seed)) is not None:
             continue
-        ran = _arm(trials, key)
+        ran = _arm(trials, keys[side])
         ran = ran[ran["seed"] == seed]
         if len(ran):
             status = ran.iloc[0]["status"]
@@ -107,11 +103,11 @@ def _t_interval(diffs: list[float]) -> tuple[float, float] | None:
 def decisions(trials: pd.DataFrame, spec: RaceSpec, keys: list[Key]) -> list[dict]:
     """One row per comparison: the race's decision, its looks and seeds, the repeated
     interval, and the fixed-n t-interval of the same differences."""
-    rule = spec.rule()
+    race = race_of(trials, spec, keys)
     out = []
-    for key in keys[1:]:
-        diffs, gap = prefix(trials, key, keys[0], spec.metric, spec.max_seeds)
-        decision: Decision = rule.decide(diffs)
+    for index, key in enumerate(keys[1:], start=1):
+        diffs, gap = race.diffs(index), _gap(trials, race, index, keys)
+        decision: Decision = race.decision(index)
         used = diffs[:decision.n]
         out.append({
             "variant": key[0], "grid": json.loads(key[1]), "baseline": keys[0][0],
@@ -152,14 +148,10 @@ def _range(pair) -> str:
     return "-" if pair is None else f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
 
-def _name(variant: str, grid: dict) -> str:
-    return variant + "".join(f" {k}={v}" for k, v in grid.items())
-
-
 def decision_line(d: dict, level: str) -> str:
     """E.g. ``dot:minmax:global vs cosine: better after 7 seeds (5 looks), repeated 95%
     interval [+0.004, +0.031]; fixed-n t interval [+0.009, +0.026]; seeds run: 7 and 9``."""
-    line = (f"{_name(d['variant'], d['grid'])} vs {_name(d['baseline'], d['baseline_grid'])}:"
+    line = (f"{label(d['variant'], d['grid'])} vs {label(d['baseline'], d['baseline_grid'])}:"
             f" {d['decision']} after {d['n']} seed{'s' if d['n'] != 1 else ''} "
             f"({d['looks']} look{'s' if d['looks'] != 1 else ''}), repeated {level} interval "
             f"{_range(d['repeated_interval'])}; fixed-n 95% t interval "

@@ -36,7 +36,7 @@ from orchestrator.plan import (
     plan_trackers,
 )
 from orchestrator.progress import SweepProgress, plan_line
-from orchestrator.race import Race, RaceSpec, decision_line
+from orchestrator.race import Race, RaceSpec, accepted, decision_line
 from orchestrator.results import (
     RESULTS_FILE,
     RUNS_NAME,
@@ -78,6 +78,11 @@ def _run_trial(config: dict) -> None:
 
     cfg = _trial_config(config["base"], config["trial"], config["sweep_dir"])
     summary = launch(cfg, callbacks=[TuneReportCallback()], progress=False)
+    if not is_finished(summary["history"], cfg.epochs):
+        # a trial is a whole run: one that returned short is an ERROR (re-run by
+        # --resume), never a seed with a partly trained value
+        raise RuntimeError(f"run {cfg.run_name} returned after {len(summary['history'])} of "
+                           f"{cfg.epochs} epochs")
     if summary["already_finished"]:
         tune.report({k: v for k, v in summary["metrics"].items() if k != FSKIL_DETAIL})
 
@@ -123,14 +128,25 @@ def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
                                          plan.base.to_dict())))
     with trackers.sweep_run(plan.base.trackers):  # ends the sweep's tracker runs, however
         tuner = build_tuner(plan, at_once)
+        expected = _estimate(plan, at_once)
         storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
         log.info(plan_line(len(plan.possible_trials()), at_once, plan.folder,
                            race=plan.race))
-        expected = estimate(plan, at_once)
-        for line in expected["lines"]:
+        for line in expected.get("lines", ()):
             log.info("  " + line)
         session_started(plan.folder, expected)
         return _fit(tuner, plan.folder)
+
+
+def _estimate(plan: SweepPlan, at_once: int) -> dict:
+    """The sweep's estimate; a storage that cannot be read for it (another sweep writing
+    there, say) costs the estimate, not the sweep."""
+    try:
+        return estimate(plan, at_once)
+    except Exception as err:  # noqa: BLE001 - any failure to read earlier runs
+        log.warning(f"no time estimate: earlier runs in {plan.base.storage_path} could not "
+                    f"be read ({err})")
+        return {}
 
 
 def resume(sweep_dir: str, *, address: str | None = None,
@@ -246,11 +262,26 @@ def _fit(tuner: tune.Tuner, sweep_dir: str) -> list[TrialOutcome]:
         raise SweepInterrupted(f"sweep interrupted with {len(left)} of {len(outcomes)} trials "
                                f"unfinished; continue it: dotsim sweep --resume {sweep_dir}",
                                failed)
+    if _race_wants_more(sweep_dir, outcomes):  # Ctrl-C between two of a race's trials
+        raise SweepInterrupted(f"race interrupted before its comparisons were decided; "
+                               f"continue it: dotsim sweep --resume {sweep_dir}", failed)
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(outcomes)} trials failed; their errors are "
                           f"in {RESULTS_FILE} and the report; after fixing the cause, re-run "
                           f"them: dotsim sweep --resume {sweep_dir}", failed)
     return outcomes
+
+
+def _race_wants_more(sweep_dir: str, outcomes: list[TrialOutcome]) -> bool:
+    """A race whose trials, as they ended, still call for another trial."""
+    race = read_definition(sweep_dir).get("race")
+    if not race:
+        return False
+    spec = RaceSpec.from_dict(race)
+    return Race.of_outcomes(spec, [
+        (spec.arm_of(o.trial), o.trial["seed"], o.status,
+         o.history[-1].get(spec.metric) if o.history else None) for o in outcomes
+    ]).next_trial() is not None
 
 
 def _tune_output_silenced():
@@ -312,17 +343,21 @@ class RaceSearcher(Searcher):
         if trial_id not in self.trials:
             return
         arm, seed = self.trials[trial_id]
+        spec = self.race.spec
         before = self.race.decisions()
-        value = None if error or not result else result.get(self.race.spec.metric)
-        if not error and not isinstance(value, int | float):
-            # a trial that ended without the compared metric cannot count as a seed
-            log.warning(f"trial {self.race.spec.trial(arm, seed)} ended without "
-                        f"{self.race.spec.metric}; its arm gets no further seeds")
-            value = None
+        value = None if error else accepted((result or {}).get(spec.metric))
+        if not error and value is None:
+            # a run ends only with every epoch (_run_trial); a metric that is not a finite
+            # number (a diverged run) cannot count as a seed
+            trial = spec.trial(arm, seed)
+            name = trial_name(self.base.replace(**trial), trial)
+            got = (result or {}).get(spec.metric)
+            log.warning(f"trial {name} ended with {spec.metric} {got!r}: its arm gets no "
+                        "further seeds")
         self.race.finish(arm, seed, value)
         for other, decision in self.race.decisions().items():
             if decision.decision != "undecided" and before[other] != decision:
-                log.info("[race] " + decision_line(self.race.spec, other, decision, self.base))
+                log.info("[race] " + decision_line(spec, other, decision, self.base))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:
@@ -331,15 +366,17 @@ class RaceSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             saved = json.load(f)
+        # a failed trial stays failed until Tune re-runs it (resume_errored) and reports
+        # it again under the same id
         self.race = Race.from_state(saved["race"])
-        self.race.retried()
         self.trials = {k: tuple(v) for k, v in saved["trials"].items()}
 
 
 class RaceGenerator(SearchGenerator):
-    """Tune's SearchGenerator, finished exactly when the race is. Tune's own keeps
-    "finished" as a flag that it saves and restores with the sweep: a resumed race whose
-    failed trial, once re-run, makes more seeds worth running would end at once."""
+    """Tune's SearchGenerator, finished exactly when the race is: the base class ends
+    only after ``num_samples`` trials (a race ends when decided) or after a FINISHED
+    suggestion, a flag it saves and restores, so that a resumed race whose failed trial,
+    once re-run, makes more seeds worth running would end at once."""
 
     def is_finished(self) -> bool:
         return self.searcher.race.done()
@@ -402,8 +439,10 @@ def _tune_states(sweep_dir: str) -> dict[str, tuple[str, str | None, dict]]:
     for trial in analysis.trials:
         cfg = RunConfig.from_dict({**trial.config["base"], **trial.config["trial"]})
         error = trial.get_error() if trial.status == "ERROR" else None
-        states[trial_name(cfg, trial.config["trial"])] = (trial.status, last_line(error),
-                                                          trial.config["trial"])
+        name = trial_name(cfg, trial.config["trial"])
+        if name in states:  # two Tune trials, one Train run folder: neither can be trusted
+            raise RuntimeError(f"Tune's state in {sweep_dir} holds trial {name} twice")
+        states[name] = (trial.status, last_line(error), trial.config["trial"])
     return states
 
 

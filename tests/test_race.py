@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.race import DONE, FAILED, RUNNING, Race, RaceSpec
+from orchestrator.race import DONE, FAILED, RUNNING, Race, RaceSpec, accepted
 
 ARMS = [{"similarity": "cosine"}, {"similarity": "dot", "norm": "minmax", "scope": "global"},
         {"similarity": "dot", "norm": "meanstd", "scope": "global"}]
@@ -97,9 +97,8 @@ def test_a_failed_trial_blocks_its_arm_and_a_resumed_race_reruns_it():
 
     saved = json.loads(json.dumps(race.to_state()))  # as Tune's searcher state is stored
     resumed = Race.from_state(saved)
-    resumed.retried()  # Tune re-runs failed trials on --resume
-    assert resumed.state[(1, 1)] == RUNNING and not resumed.done()
-    resumed.finish(1, 1, value(1, 1))
+    assert resumed.state[(1, 1)] == FAILED and resumed.done()  # until Tune re-runs it
+    resumed.finish(1, 1, value(1, 1))  # --resume re-ran it (Tune's resume_errored)
     assert resumed.next_trial() == (1, 2)
     run_to_end(resumed)
     assert resumed.decision(1).decision == "worse" and resumed.decision(1).n == 3
@@ -121,3 +120,55 @@ def test_state_round_trips_through_json():
     again = Race.from_state(json.loads(json.dumps(race.to_state())))
     assert again.state == {(0, 0): DONE, (1, 0): RUNNING} and again.values == {(0, 0): 0.5}
     assert again.at_once == 2 and again.spec == race.spec
+
+
+@pytest.mark.parametrize("raw, kept", [(0.5, 0.5), (1, 1.0), (float("nan"), None),
+                                       (float("inf"), None), (None, None), (True, None),
+                                       ("0.5", None)])
+def test_only_a_finite_number_counts_as_a_seed(raw, kept):
+    import numpy as np
+
+    assert accepted(raw) == kept
+    if kept is not None:
+        assert accepted(np.float32(raw)) == pytest.approx(kept)
+
+
+def test_a_race_rebuilt_from_outcomes_counts_what_finished_with_a_value():
+    """As the report and the end of a sweep rebuild it: a FINISHED trial with a finite
+    value is a seed; one with NaN, an ERROR or a STOPPED trial is failed; an UNFINISHED
+    one is still running (a race interrupted there wants it back)."""
+    spec_ = spec()
+    outcomes = [(0, 0, "FINISHED", 0.8), (1, 0, "FINISHED", 0.3), (2, 0, "FINISHED", 0.8),
+                (0, 1, "FINISHED", 0.8), (1, 1, "FINISHED", float("nan")),
+                (2, 1, "ERROR", None), (0, 2, "UNFINISHED", None)]
+    race = Race.of_outcomes(spec_, outcomes)
+    assert race.state == {(0, 0): DONE, (1, 0): DONE, (2, 0): DONE, (0, 1): DONE,
+                          (1, 1): FAILED, (2, 1): FAILED, (0, 2): RUNNING}
+    assert race.diffs(1) == [pytest.approx(-0.5)] and race.diffs(2) == [0.0]
+    assert spec_.arm_of({**ARMS[2], "seed": 7}) == 2
+    finished = Race.of_outcomes(spec_, outcomes[:-1])
+    assert finished.next_trial() is None  # every open arm blocked by a failed seed
+
+
+def test_a_race_stopped_between_two_trials_is_an_interruption(tmp_path):
+    """Ctrl-C while no trial runs leaves no UNFINISHED trial behind; the race's own
+    bookkeeping still says seeds were wanted, so the sweep says "interrupted" (exit 130
+    with --resume), not done."""
+    from orchestrator.results import TrialOutcome
+    from orchestrator.sweep import _race_wants_more
+    from workers.config import RunConfig
+
+    two = RaceSpec(arms=ARMS[:2], metric="test_acc", max_seeds=5)
+    (tmp_path / "sweep.json").write_text(json.dumps({"race": two.to_dict()}))
+
+    def outcome(arm, seed):
+        trial = two.trial(arm, seed)
+        return TrialOutcome(f"{arm}-{seed}", RunConfig(), trial, "FINISHED", None,
+                            [{"epoch": 1, "test_acc": value(arm, seed)}])
+
+    ran = [outcome(arm, seed) for seed in range(2) for arm in (0, 1)]
+    assert _race_wants_more(str(tmp_path), ran)  # two seeds: before the first look
+    ran += [outcome(0, 2), outcome(1, 2)]
+    assert not _race_wants_more(str(tmp_path), ran)  # decided "worse" at three
+    (tmp_path / "sweep.json").write_text(json.dumps({"race": None}))
+    assert not _race_wants_more(str(tmp_path), ran[:2])  # a grid sweep: its trials say

@@ -272,3 +272,21 @@ def test_the_bootstrap_is_shown_only_from_the_seeds_where_it_covers_90_percent(t
         assert f"| [{low:+.3f}, {high:+.3f}] |" in markdown
     else:
         assert f"{test_acc['mean']:.3f} ± {test_acc['ci95']:.3f} |" in markdown
+
+
+@pytest.mark.parametrize("protocol", ["standard", "fskil"])
+def test_every_metric_a_race_may_use_is_in_the_report(tmp_path, protocol):
+    """plan.race_metrics (what --metric accepts) against what the report can read: a race
+    on any of them is reported, its decision made from the trials' values."""
+    from orchestrator.plan import race_metrics
+
+    finals = {"fskil_mean_acc": 0.8, "fskil_last_acc": 0.7, "fskil_last_harmonic": 0.6}
+    for metric in race_metrics(protocol):
+        rows = [r for s in range(3) for r in trial_rows("cosine", s, BASE[s], **finals)]
+        rows += [r for s in range(3) for r in trial_rows("dot:minmax:global", s, BASE[s],
+                                                          **finals)]
+        sweep = write_sweep(tmp_path / metric, rows, protocol=protocol,
+                            race={**RACE, "arms": [COSINE, MINMAX], "metric": metric})
+        report = reports.build_report(str(sweep))
+        [decision] = report["race"]["decisions"]
+        assert decision["metric"] == metric and decision["pairs"] == 3
