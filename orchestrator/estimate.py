@@ -103,8 +103,8 @@ def time_lines(counts: dict[str, float], at_once: int, time: TrialTime) -> list[
                       for label, n in counts.items())
     return [f"trials: {trials}",
             f"time at {at_once} at a time: {spans} (a trial takes about "
-            f"{duration(time.seconds)}: the median of {time.runs} earlier runs of this "
-            f"config in {time.where})"]
+            f"{duration(time.seconds)}: the median of {time.runs} earlier "
+            f"run{'s' if time.runs != 1 else ''} of this config in {time.where})"]
 
 
 def seed_spread(cfg: RunConfig, metric: str) -> tuple[float | None, int]:

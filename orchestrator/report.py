@@ -360,7 +360,8 @@ def _time_line(time: dict) -> str:
     said = ", ".join(f"{label} {duration(s)}".strip()
                      for label, s in estimate["seconds"].items())
     return (f"Time: {took}{sessions}; estimated when it started: {said} (a trial about "
-            f"{duration(estimate['trial_seconds'])}, from {estimate['runs']} earlier runs).")
+            f"{duration(estimate['trial_seconds'])}, from {estimate['runs']} earlier "
+            f"run{'s' if estimate['runs'] != 1 else ''}).")
 
 
 def _bootstrap_note(report: dict, counts: list) -> str:

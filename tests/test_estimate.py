@@ -72,7 +72,7 @@ def test_dry_run_prints_the_race_and_its_time_and_writes_nothing(small_prepared,
     expected = int(trials.split("expected ")[1].split(",")[0])
     assert trials.startswith(f"trials: at least {low}, expected") and low <= expected <= high
     assert f"at most {high}" in trials
-    assert "a trial takes about 60 s: the median of 1 earlier runs" in out
+    assert "a trial takes about 60 s: the median of 1 earlier run of this config" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
     fixed = CliRunner().invoke(cli, ["sweep", *options, "--variants", "cosine,ce-only",
