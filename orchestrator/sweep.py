@@ -26,7 +26,7 @@ from ray.tune.search import Searcher, SearchGenerator
 from orchestrator import trackers
 from orchestrator.cluster import HEAD_RESOURCE
 from orchestrator.estimate import estimate
-from orchestrator.launch import RECORD_FILE, quiet, ray_session, run_history
+from orchestrator.launch import quiet, ray_session, run_history
 from orchestrator.plan import (
     SCHEDULERS,
     SweepPlan,
@@ -38,6 +38,7 @@ from orchestrator.plan import (
 from orchestrator.progress import SweepProgress, plan_line
 from orchestrator.race import Race, RaceSpec, accepted, decision_line
 from orchestrator.results import (
+    RECORD_FILE,
     RESULTS_FILE,
     RUNS_NAME,
     SWEEP_FILE,

@@ -172,3 +172,39 @@ def test_a_race_stopped_between_two_trials_is_an_interruption(tmp_path):
     assert not _race_wants_more(str(tmp_path), ran)  # decided "worse" at three
     (tmp_path / "sweep.json").write_text(json.dumps({"race": None}))
     assert not _race_wants_more(str(tmp_path), ran[:2])  # a grid sweep: its trials say
+
+
+def test_a_trial_whose_run_returned_short_is_an_error_not_a_seed(monkeypatch, tmp_path):
+    """A Tune trial is a whole run: if launch returns with fewer epochs than asked (no
+    error of its own), the trial raises, so Tune records an ERROR that --resume re-runs,
+    and the race never reads a partly trained value."""
+    from orchestrator import launch, sweep
+    from workers.config import RunConfig
+
+    def short(cfg, **kwargs):
+        return {"history": [{"epoch": 1, "test_acc": 0.5}], "already_finished": False,
+                "metrics": {}}
+
+    monkeypatch.setattr(launch, "launch", short)
+    # outside a Tune session its report callback cannot be made; launch is stubbed anyway
+    monkeypatch.setattr("ray.tune.integration.ray_train.TuneReportCallback", lambda: None)
+    with pytest.raises(RuntimeError, match="returned after 1 of 3 epochs"):
+        sweep._run_trial({"base": RunConfig(epochs=3).to_dict(), "trial": {"seed": 0},
+                          "sweep_dir": str(tmp_path)})
+
+
+def test_two_tune_trials_of_one_run_folder_are_refused(monkeypatch, tmp_path):
+    """Two Tune trials with the same fields would share one Train run folder and one row
+    of results: reading such a state fails instead of keeping either. (Tune's reader is
+    replaced by a stub: a real Tune state with a duplicate cannot be made on purpose.)"""
+    from types import SimpleNamespace
+
+    from orchestrator import sweep
+    from workers.config import RunConfig
+
+    config = {"base": RunConfig().to_dict(), "trial": {"similarity": "cosine", "seed": 0}}
+    trial = SimpleNamespace(config=config, status="TERMINATED", get_error=lambda: None)
+    monkeypatch.setattr(sweep.tune, "ExperimentAnalysis",
+                        lambda *a, **k: SimpleNamespace(trials=[trial, trial]))
+    with pytest.raises(RuntimeError, match="holds trial cosine-seed0 twice"):
+        sweep._tune_states(str(tmp_path))
