@@ -8,15 +8,12 @@ statistics, the epoch's metric reduction) in the same order, so none waits forev
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import resource
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray.train
 import ray.train.torch
@@ -25,14 +22,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from losses import similarity_losses
-from workers import fskil
+from workers import checkpoints, fskil
 from workers.config import RunConfig
 from workers.constants import FEATURES
 from workers.data import Split, load_prepared
 from workers.metrics import (
     FSKIL_DETAIL,
     FSKIL_HEADLINE,
-    HISTORY_FILE,
     LOGMEL_HEADLINE,
     SELECTION_METRIC,
     STEP_METRICS,
@@ -41,8 +37,6 @@ from workers.metrics import (
 from workers.model import KeywordModel
 from workers.probes import linear_probe_accuracy
 from workers.sampler import LocalBatch, check_classes, epoch_batches
-
-CHECKPOINT_FILE = "state.pt"
 
 
 @dataclass
@@ -520,9 +514,8 @@ def _prefixed(prefix: str, values: dict) -> dict:
 
 
 def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext) -> None:
-    """Every rank reports the metrics; rank 0 attaches the checkpoint: ``state.pt`` (weights,
-    optimizer, best weights) and ``history.json`` (every epoch's metrics so far, for
-    readers that need no weights)."""
+    """Every rank reports the metrics; rank 0 attaches the checkpoint (``workers.checkpoints``:
+    weights, optimizer, best weights and the history so far)."""
     if ctx.rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -535,11 +528,7 @@ def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext)
             "best_epoch": state.best_epoch,
             "best_model": state.best_model,
         }
-        # written under temporary names and renamed: never a half-written file
-        torch.save(payload, Path(tmp) / (CHECKPOINT_FILE + ".tmp"))
-        os.replace(Path(tmp) / (CHECKPOINT_FILE + ".tmp"), Path(tmp) / CHECKPOINT_FILE)
-        (Path(tmp) / (HISTORY_FILE + ".tmp")).write_text(json.dumps(state.history))
-        os.replace(Path(tmp) / (HISTORY_FILE + ".tmp"), Path(tmp) / HISTORY_FILE)
+        checkpoints.write(tmp, payload, state.history)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -549,9 +538,7 @@ def restore(model, optimizer) -> TrainState:
     if checkpoint is None:
         return TrainState()
     with checkpoint.as_directory() as directory:
-        saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu",
-                           weights_only=True)
-        history = json.loads((Path(directory) / HISTORY_FILE).read_text())
+        saved, history = checkpoints.read(directory)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     return TrainState(epoch=saved["epoch"], history=history,
