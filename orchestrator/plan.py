@@ -25,7 +25,7 @@ from pathlib import Path
 from orchestrator import variants as names
 from orchestrator.race import RaceSpec
 from orchestrator.results import check_new_sweep
-from workers import storage
+from workers import lease, storage
 from workers.config import RunConfig
 from workers.errors import InputError
 from workers.metrics import comparison_metrics
@@ -144,7 +144,8 @@ def plan_run(cfg: RunConfig, *, address: str | None = None,
              class_order_file: Path | None = None, trackers: Sequence[str] = ()) -> RunConfig:
     """The run ``cfg`` describes, checked and located: address first, then the GPU, the
     trackers (``--tracker`` words), the storage and the data, which may take minutes to
-    prepare (nothing is written before all of them passed)."""
+    prepare, then that no other live launch holds the run folder (nothing is written
+    before all of them passed)."""
     check_address(address)
     if cfg.gpu and not address and not _local_gpu():
         raise InputError("--gpu asked for, but this machine has no CUDA GPU; use --cpu or "
@@ -152,7 +153,10 @@ def plan_run(cfg: RunConfig, *, address: str | None = None,
     cfg = cfg.replace(trackers=plan_trackers(trackers, cfg.trackers))
     copies_to_keep()  # read by the workers, which a local Ray starts with this environment
     storage.check_writable(with_storage(cfg).storage_path)
-    return located(resolve_data(cfg, class_order_file))
+    cfg = located(resolve_data(cfg, class_order_file))
+    # refused now, not after Ray has started; launch takes the lease itself
+    lease.check_free(storage.join(cfg.storage_path, cfg.run_name), "run")
+    return cfg
 
 
 def _local_gpu() -> bool:
@@ -286,6 +290,7 @@ def plan_sweep(base: RunConfig, *, variants: list[str] | None = None,
         storage.check_writable(base.storage_path)
     folder = storage.join(base.storage_path,
                           name or "sweep-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    lease.check_free(folder, "sweep")  # a live sweep there: who holds it, not "--resume"
     check_new_sweep(folder)
     if not (dry_run and base.data is None and not _synthetic_prepared()):
         base = resolve_data(base, class_order_file, trials)
