@@ -491,17 +491,18 @@ def job_stop(job_id, address):
 JOB_VERBS = tuple(job.commands)
 
 
-@cli.command()
-@click.argument("action", type=click.Choice(["up", "down", "status", "dashboard", "validate"]))
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              default=Path("cluster.yaml"), show_default=True,
-              help="Ray cluster launcher config.")
-def cluster(action, config_path):
+def cluster_config_option(func):
+    return click.option("--config", "config_path", type=click.Path(path_type=Path),
+                        default=Path("cluster.yaml"), show_default=True,
+                        help="Ray cluster launcher config.")(func)
+
+
+@cli.group()
+def cluster():
     """Start, stop or inspect the GPU cluster of cluster.yaml (Ray's cluster launcher).
 
-    The file is checked against Ray's schema offline first. `dashboard` forwards the
-    head's dashboard and Jobs API to http://127.0.0.1:8265 over SSH (the head serves them
-    on its own 127.0.0.1 only), for the browser and for `dotsim submit`.
+    Every action checks the file against Ray's schema offline first. `watch-spot` runs on
+    the cluster's spot workers (cluster.yaml starts it). docs/cluster.md.
 
     \b
     Example:
@@ -510,13 +511,105 @@ def cluster(action, config_path):
       dotsim cluster dashboard
       dotsim cluster down
     """
+
+
+@cluster.command("validate")
+@cluster_config_option
+def cluster_validate(config_path):
+    """Check the file offline: Ray's schema, the placeholders, the spot workers' setup.
+
+    \b
+    Example:
+      dotsim cluster validate --config cluster.yaml
+    """
     from orchestrator import cluster as launcher
 
-    if action == "validate":
-        launcher.validate(config_path)
-        click.echo(f"{config_path}: valid Ray cluster config")
-        return
-    sys.exit(launcher.run(action, config_path))
+    launcher.validate(config_path)
+    click.echo(f"{config_path}: valid Ray cluster config")
+
+
+@cluster.command("up")
+@cluster_config_option
+def cluster_up(config_path):
+    """Start or update the cluster (`ray up`), once this machine has what it needs.
+
+    \b
+    Example:
+      dotsim cluster up --config cluster.yaml
+    """
+    from orchestrator import cluster as launcher
+
+    sys.exit(launcher.run("up", config_path))
+
+
+@cluster.command("down")
+@cluster_config_option
+def cluster_down(config_path):
+    """Stop the cluster and terminate its nodes (`ray down`).
+
+    \b
+    Example:
+      dotsim cluster down
+    """
+    from orchestrator import cluster as launcher
+
+    sys.exit(launcher.run("down", config_path))
+
+
+@cluster.command("status")
+@cluster_config_option
+def cluster_status(config_path):
+    """Print `ray status` from the head: nodes, resources, pending demand.
+
+    \b
+    Example:
+      dotsim cluster status
+    """
+    from orchestrator import cluster as launcher
+
+    sys.exit(launcher.run("status", config_path))
+
+
+@cluster.command("dashboard")
+@cluster_config_option
+def cluster_dashboard(config_path):
+    """Forward the head's dashboard and Jobs API to http://127.0.0.1:8265 over SSH.
+
+    The head serves them on its own 127.0.0.1 only; the forward is for the browser and for
+    `dotsim submit`.
+
+    \b
+    Example:
+      dotsim cluster dashboard
+    """
+    from orchestrator import cluster as launcher
+
+    sys.exit(launcher.run("dashboard", config_path))
+
+
+@cluster.command("watch-spot")
+@click.option("--node-id", default=None,
+              help="The Ray node to drain, in hex [default: this machine's node, looked up "
+                   "when a notice comes]; needed where several nodes share one address.")
+@click.option("--address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
+              help="The cluster's GCS, HEAD:6379 [default: the Ray started on this machine].")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds between two looks for a notice.")
+def cluster_watch_spot(node_id, address, interval):
+    """Drain this spot node when AWS announces its reclaim (runs on the node).
+
+    Polls the instance metadata service (IMDSv2, at AWS_EC2_METADATA_SERVICE_ENDPOINT or
+    169.254.169.254) for a spot interruption notice; on one, drains the node through
+    `ray drain-node` for preemption, with the notice's time as the deadline, once per
+    notice, and keeps watching. A metadata error is logged and polling goes on.
+
+    \b
+    Example:
+      dotsim cluster watch-spot --address $RAY_HEAD_IP:6379
+    """
+    from orchestrator import spot
+
+    spot.watch(node_id=node_id, address=address, interval_s=interval)
 
 
 # --- printing ------------------------------------------------------------------------

@@ -47,8 +47,9 @@ AWS_CREDENTIALS_HINT = ("run `aws configure`, set AWS_PROFILE to a profile in ~/
 
 
 def validate(config_path: Path) -> dict:
-    """Load ``config_path``, check it with Ray's own schema, offline, and refuse the
-    placeholders cluster.yaml ships with.
+    """Load ``config_path``, check it with Ray's own schema, offline, check the worker
+    types' own setup (``node_setup_problems``), and refuse the placeholders cluster.yaml
+    ships with.
 
     Ray's ``prepare_config`` fills in the provider's defaults (as ``ray up`` does) and
     ``validate_config`` checks the result against ``ray-schema.json``; neither needs cloud
@@ -83,11 +84,56 @@ def validate(config_path: Path) -> dict:
         where = "/".join(str(p) for p in getattr(err, "absolute_path", []))
         raise InputError(f"{path} is not a valid Ray cluster config: "
                          f"{(where + ': ') if where else ''}{message.splitlines()[0]}") from err
+    if problems := node_setup_problems(config):
+        raise InputError(f"{path}: " + "; ".join(problems))
     if left := placeholders(config):
         raise InputError(f"{path}: " + "; ".join(
             f"replace the placeholder {value} in {', '.join(keys)} with {PLACEHOLDERS[value]}"
             for value, keys in left.items()))
     return config
+
+
+def node_setup_problems(config: dict) -> list[str]:
+    """What the worker node types' own setup lacks, in words.
+
+    A node type's ``worker_setup_commands`` replace the global ``setup_commands`` and
+    ``worker_setup_commands`` for its nodes (Ray's autoscaler takes one list or the other),
+    so a type's list must repeat them, or its nodes start without dotsim installed. A spot
+    type must also start the watcher in the background, or a reclaim takes its node
+    without a drain: Ray Train would see a failure instead of a preemption.
+    """
+    common = [*config.get("setup_commands", []), *config.get("worker_setup_commands", [])]
+    problems = []
+    for name, node_type in config["available_node_types"].items():
+        if name == config["head_node_type"]:  # the head runs head_setup_commands
+            continue
+        own = node_type.get("worker_setup_commands")
+        if own is not None and (missing := [c for c in common if c not in own]):
+            problems.append(f"available_node_types/{name}/worker_setup_commands replaces the "
+                            f"global setup_commands and worker_setup_commands and lacks "
+                            f"{missing[0]!r}")
+        if is_spot(node_type) and not any(starts_watcher(c) for c in own or []):
+            problems.append(f"available_node_types/{name} is a spot type whose "
+                            f"worker_setup_commands do not start `nohup {SPOT_WATCHER} ... &`: "
+                            "a reclaim would take its node without a drain")
+    return problems
+
+
+# The command that turns a spot reclaim notice into a Ray drain (orchestrator/spot.py).
+SPOT_WATCHER = "dotsim cluster watch-spot"
+
+
+def is_spot(node_type: dict) -> bool:
+    """Whether the node type asks EC2 for spot instances."""
+    market = node_type.get("node_config", {}).get("InstanceMarketOptions", {})
+    return market.get("MarketType") == "spot"
+
+
+def starts_watcher(command: str) -> bool:
+    """Whether a setup command starts the watcher so that it outlives the setup shell
+    (nohup: the SSH session's hangup; a trailing &: setup goes on to `ray start`)."""
+    return (SPOT_WATCHER in command and command.startswith("nohup ")
+            and command.rstrip().endswith("&"))
 
 
 def placeholders(config: dict) -> dict[str, list[str]]:

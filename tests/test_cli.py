@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from orchestrator.cli import cli, main
 
 COMMANDS = ["prepare", "train", "sweep", "report", "submit", "job", "job status", "job logs",
-            "job stop", "cluster", "version"]
+            "job stop", "cluster", "cluster validate", "cluster up", "cluster down",
+            "cluster status", "cluster dashboard", "cluster watch-spot", "version"]
 
 
 def _invoke_main(args, capsys):
@@ -38,7 +39,7 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example:" in result.output and f"dotsim {command}" in result.output
 
 
-@pytest.mark.parametrize("argv", [[], ["job"]])
+@pytest.mark.parametrize("argv", [[], ["job"], ["cluster"]])
 def test_a_bare_group_prints_its_help(argv, capsys):
     code, out, err = _invoke_main(argv, capsys)
     assert code == 0 and "Commands:" in out and "Example:" in out and err == ""

@@ -322,6 +322,60 @@ def test_only_the_head_has_the_custom_resource():
             assert launcher.HEAD_RESOURCE not in node_type["resources"], name
 
 
+# --- spot workers -------------------------------------------------------------------------
+
+
+def test_the_spot_worker_is_the_gpu_worker_on_the_spot_market():
+    types_ = config()["available_node_types"]
+    on_demand, spot_ = types_["gpu_worker"], types_["gpu_spot_worker"]
+    assert not launcher.is_spot(on_demand) and launcher.is_spot(spot_)
+    assert spot_["node_config"]["InstanceType"] == on_demand["node_config"]["InstanceType"]
+    assert spot_["node_config"]["ImageId"] == on_demand["node_config"]["ImageId"]
+    assert spot_["resources"] == on_demand["resources"] == {}
+
+
+def test_the_spot_worker_sets_up_as_the_others_then_starts_the_watcher():
+    """Its own worker_setup_commands replace the global lists in Ray's autoscaler."""
+    c = config()
+    own = c["available_node_types"]["gpu_spot_worker"]["worker_setup_commands"]
+    assert own[:-1] == c["setup_commands"] + c["worker_setup_commands"]
+    assert launcher.starts_watcher(own[-1])
+    assert not any(launcher.SPOT_WATCHER in cmd for cmd in c["worker_setup_commands"])
+    assert launcher.node_setup_problems(c) == []
+
+
+def test_the_watcher_command_in_cluster_yaml_is_one_dotsim_accepts():
+    (line,) = [c for c in config()["available_node_types"]["gpu_spot_worker"][
+        "worker_setup_commands"] if launcher.SPOT_WATCHER in c]
+    words = shlex.split(line.replace("$RAY_HEAD_IP", "10.0.0.1"))
+    args = words[words.index("watch-spot") + 1:words.index(">>")]
+    command = cli.commands["cluster"].commands["watch-spot"]
+    assert command.make_context("watch-spot", args).params["address"] == "10.0.0.1:6379"
+    # the same head address as the workers' `ray start`
+    assert "--address=$RAY_HEAD_IP:6379" in " ".join(config()["worker_start_ray_commands"])
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("no_watcher", "gpu_spot_worker is a spot type whose worker_setup_commands do not start"),
+    ("watcher_in_the_foreground", "do not start `nohup dotsim cluster watch-spot ... &`"),
+    ("no_install", "gpu_spot_worker/worker_setup_commands replaces the global setup_commands"),
+])
+def test_validate_refuses_a_spot_type_set_up_wrong(tmp_path, damage, words):
+    c = yaml.safe_load(filled_in(tmp_path).read_text())
+    own = c["available_node_types"]["gpu_spot_worker"]["worker_setup_commands"]
+    if damage == "no_watcher":
+        own.pop()
+    elif damage == "watcher_in_the_foreground":
+        own[-1] = "dotsim cluster watch-spot"
+    else:
+        own.remove(c["setup_commands"][0])
+    path = tmp_path / "damaged.yaml"
+    path.write_text(yaml.safe_dump(c))
+    result = CliRunner().invoke(cli, ["cluster", "validate", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert words in one_line(result)
+
+
 def test_the_aws_extra_brings_boto3():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
