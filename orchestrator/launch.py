@@ -27,13 +27,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator import trackers
 from orchestrator.plan import check_address, concurrency, local_cpus, located
-from orchestrator.progress import epoch_line
+from orchestrator.progress import epoch_line, preemption_line
 from orchestrator.results import RECORD_FILE
 from orchestrator.versions import code_version, package_versions
-from workers import storage
+from workers import checkpoints, lease, preemption, storage
 from workers.config import RunConfig
 from workers.errors import InputError, Interrupted
-from workers.metrics import HISTORY_FILE, is_finished
+from workers.metrics import HISTORY_FILE, PREEMPTION_REPORT, is_finished
 from workers.prepared import data_fingerprint
 from workers.train import train_loop_per_worker
 
@@ -146,21 +146,26 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
     cfg = located(cfg)
     location = run_location(cfg)
     began = time.monotonic()
-    try:
-        history, owner = bind_run(cfg, location)
-        finished = is_finished(history, cfg.epochs)  # by the config it was trained with
-        with trackers.tracking(cfg.trackers, storage.join(location, RECORD_FILE), history,
-                               finished=finished) as tracked:
-            if not finished:
-                with _progress_printer(cfg, progress,
-                                       tracked.send if tracked.active else None) as forward:
-                    trainer = make_trainer(cfg, loop=loop, callbacks=[*callbacks, *forward],
-                                           worker_env=worker_env)
-                    history = checkpoint_history(_fit(trainer, cfg, location).checkpoint)
-    except KeyboardInterrupt as stop:  # Ctrl-C before Ray Train's own handler is in place
-        raise RunInterrupted(cfg, len(run_history(location))) from stop
-    if not finished:
-        _record_duration(location, time.monotonic() - began, len(history))
+    # one launch per run folder at a time, from its record's first write to its last; a
+    # finished run takes it too: its launch is recorded, and it may be finishing right now
+    with lease.held(location, "run"):
+        try:
+            history, owner = bind_run(cfg, location)
+            check_checkpoints(location)
+            finished = is_finished(history, cfg.epochs)  # by the config it was trained with
+            with trackers.tracking(cfg.trackers, storage.join(location, RECORD_FILE),
+                                   history, finished=finished) as tracked:
+                if not finished:
+                    with _progress_printer(cfg, progress, tracked.send if tracked.active
+                                           else None) as forward:
+                        trainer = make_trainer(cfg, loop=loop,
+                                               callbacks=[*callbacks, *forward],
+                                               worker_env=worker_env)
+                        history = checkpoint_history(_fit(trainer, cfg, location).checkpoint)
+        except KeyboardInterrupt as stop:  # Ctrl-C before Ray Train's own handler is in place
+            raise RunInterrupted(cfg, len(run_history(location))) from stop
+        if not finished:
+            _record_duration(location, time.monotonic() - began, len(history))
     return _summary(owner if finished else cfg, location, history, already_finished=finished,
                     tracked=tracked.outcome())
 
@@ -190,8 +195,12 @@ def make_trainer(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_pe
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             # controller_failure_limit=0: a worker group that cannot be placed (too few
             # CPUs) fails with an error instead of retrying forever
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
-                                                   controller_failure_limit=0),
+            # a preempted node (drained for preemption) restarts the group apart from
+            # max_failures; the loop saves the current step on the notice
+            # (workers.preemption)
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.max_failures, controller_failure_limit=0,
+                max_preemption_failures=cfg.max_preemptions),
             callbacks=list(callbacks),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
@@ -282,11 +291,18 @@ def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str, *,
 
 def _record_duration(location: str, seconds: float, epochs_done: int) -> None:
     """How long this launch took, start to end, and where it left the run: what a sweep's
-    time estimate reads from earlier runs (``orchestrator.estimate``)."""
+    time estimate reads from earlier runs (``orchestrator.estimate``). The notices the
+    workers answered (``workers.preemption``) join the record too."""
     record_path = storage.join(location, RECORD_FILE)
     record = storage.read_json(record_path)
     record["launches"][-1] |= {"seconds": round(seconds, 1), "epochs_done_after": epochs_done}
+    preemptions = preemption.read_record(location)
+    new = preemptions[len(record.get("preemptions", [])):]
+    if preemptions:
+        record["preemptions"] = preemptions
     storage.write_json(record_path, record)
+    for entry in new:
+        log.info(preemption.handled_line(record["run_name"], entry))
 
 
 def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:
@@ -298,15 +314,31 @@ def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:
 
 
 def run_history(location: str) -> list[dict]:
-    """The epoch history in the newest checkpoint of the Ray Train run at ``location``
-    ([] when there is none), read through Ray's ``Result.from_path``."""
+    """The epoch history in the newest intact checkpoint of the Ray Train run at
+    ``location`` ([] when there is none): a damaged newer one (``workers.checkpoints``)
+    holds no epochs, since the run resumes from the intact one."""
     fs, path = storage.filesystem(location)
-    try:
-        with quiet("ray.train"):  # it logs "A run snapshot was found" at INFO every time
-            result = ray.train.Result.from_path(path, storage_filesystem=fs)
-    except RuntimeError:  # no folder, or no checkpoint written yet
-        return []
-    return checkpoint_history(result.checkpoint) if result.checkpoint else []
+    with quiet("ray.train"):  # it logs "A run snapshot was found" at INFO every time
+        newest, _ = checkpoints.newest_intact(checkpoints.registered(fs, path))
+    return checkpoint_history(newest) if newest else []
+
+
+def check_checkpoints(location: str) -> None:
+    """Before a launch trains (under its lease, so no other launch is uploading): remove
+    the checkpoint folders Ray uploaded but never registered, and when the newest
+    registered checkpoint is damaged, say in one line which intact one the workers resume
+    from (``checkpoints.read_newest_intact`` makes the same choice there); with none
+    intact, ``DamagedCheckpoint`` (exit 1) naming the damaged files."""
+    fs, path = storage.filesystem(location)
+    with quiet("ray.train"):
+        kept = checkpoints.registered(fs, path)
+    checkpoints.remove_unregistered(fs, path, kept)  # never a checkpoint of the run: quietly
+    newest, damaged = checkpoints.newest_intact(kept)
+    if damaged and newest is None:
+        raise checkpoints.DamagedCheckpoint(checkpoints.none_intact_line(damaged))
+    if damaged:
+        epochs = len(checkpoint_history(newest))
+        log.warning(checkpoints.fallback_line(damaged, checkpoints.name_of(newest), epochs))
 
 
 @contextlib.contextmanager
@@ -332,6 +364,9 @@ def checkpoint_history(checkpoint: ray.train.Checkpoint) -> list[dict]:
 # --- progress ------------------------------------------------------------------------
 
 
+RAY_GROUP_SHUTDOWN_LOGGER = "ray.train.v2._internal.callbacks.backend_setup"
+
+
 class ForwardMetrics(ray.train.UserCallback):
     """Sends rank 0's metrics of every report to a Ray queue the driver reads.
 
@@ -343,6 +378,11 @@ class ForwardMetrics(ray.train.UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint):
+        # Ray logs a traceback when it shuts down a worker group whose node is gone (a
+        # preemption it then handles, or a failure the run reports itself): noise on the
+        # terminal, kept in the controller's log file. Set here: this runs in the
+        # controller, before any restart.
+        logging.getLogger(RAY_GROUP_SHUTDOWN_LOGGER).setLevel(logging.ERROR)
         self.queue.put(metrics[0])
 
 
@@ -368,6 +408,9 @@ def _progress_printer(cfg: RunConfig, enabled: bool, send: Callable[[dict], None
             except Empty:
                 if done.is_set():
                     return
+                continue
+            if PREEMPTION_REPORT in metrics:  # not an epoch: one line, no tracker
+                progress.info(preemption_line(cfg.run_name, metrics[PREEMPTION_REPORT]))
                 continue
             if enabled:
                 progress.info(epoch_line(cfg.run_name, cfg.epochs, metrics))

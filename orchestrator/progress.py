@@ -46,6 +46,20 @@ def epoch_line(run_name: str, epochs: int, m: dict) -> str:
     return line
 
 
+def preemption_line(run_name: str, saved: dict) -> str:
+    """A preemption notice answered: where the run saved, and that it goes on."""
+    left = ""
+    if saved.get("deadline") is not None:
+        left = f" {max(0.0, saved['deadline'] - time.time()):.0f} s before the deadline,"
+    return (f"[{run_name}] preemption notice for {_nodes(saved.get('nodes', []))}: saved "
+            f"epoch {saved['epoch']} step {saved['step']} (global step "
+            f"{saved['global_step']}),{left} the run continues on a new worker group")
+
+
+def _nodes(nodes: list[str]) -> str:
+    return ("node " if len(nodes) == 1 else "nodes ") + ", ".join(n[:12] for n in nodes)
+
+
 class SweepProgress(tune.Callback):
     """Tune callback (it runs in the sweep's driver): a line when a trial starts, at each
     of its epochs, and when it ends (status, ``metric``, trials done and left, time left).

@@ -21,6 +21,7 @@ import sys
 
 import ray
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import Searcher, SearchGenerator
 
 from orchestrator import trackers
@@ -52,11 +53,12 @@ from orchestrator.results import (
     write_results,
 )
 from orchestrator.variants import trial_name
-from workers import storage
+from workers import lease, storage
 from workers.config import RunConfig
 from workers.errors import InputError, Interrupted, Reported
 from workers.metrics import (
     FSKIL_DETAIL,
+    PREEMPTION_REPORT,
     SELECTION_METRIC,
     SELECTION_MODE,
     comparison_metrics,
@@ -69,16 +71,23 @@ log = logging.getLogger("dotsim")
 # --- running -------------------------------------------------------------------------
 
 
+class EpochsToTune(TuneReportCallback):
+    """Ray's TuneReportCallback for the epochs only: the checkpoint a run saves on a
+    preemption notice is not a result (a scheduler would count it as an iteration)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if PREEMPTION_REPORT not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
 def _run_trial(config: dict) -> None:
     """One Tune trial: ``launch`` of base config + this trial's fields. A run that had
     finished already (the sweep's driver died before Tune recorded it) trains nothing:
     its last epoch is reported to Tune, which needs a result from every trial."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from orchestrator.launch import launch
 
     cfg = _trial_config(config["base"], config["trial"], config["sweep_dir"])
-    summary = launch(cfg, callbacks=[TuneReportCallback()], progress=False)
+    summary = launch(cfg, callbacks=[EpochsToTune()], progress=False)
     if not is_finished(summary["history"], cfg.epochs):
         # a trial is a whole run: one that returned short is an ERROR (re-run by
         # --resume), never a seed with a partly trained value
@@ -118,25 +127,27 @@ def run_sweep(plan: SweepPlan, *, elastic: bool = False) -> list[TrialOutcome]:
     """Start the sweep of ``plan`` in its folder (Ray connected) and run it to the end;
     returns every trial's outcome (results.parquet is written). Raises
     ``SweepInterrupted`` or ``SweepFailed`` after writing the results when trials are
-    left over or failed."""
-    check_new_sweep(plan.folder)  # again: the folder may have filled since it was planned
-    plan = fit_study(plan, ray.cluster_resources())
-    at_once = concurrency(plan.base, plan.possible_trials(), ray.cluster_resources(),
-                          plan.max_concurrent, elastic=elastic)
-    if plan.base.trackers:  # the sweep's own tracker runs, which its trials are grouped under
-        plan = dataclasses.replace(plan, base=plan.base.replace(
-            trackers=trackers.open_sweep(plan.base.trackers, plan.folder,
-                                         plan.base.to_dict())))
-    with trackers.sweep_run(plan.base.trackers):  # ends the sweep's tracker runs, however
-        tuner = build_tuner(plan, at_once)
-        expected = _estimate(plan, at_once)
-        storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
-        log.info(plan_line(len(plan.possible_trials()), at_once, plan.folder,
-                           race=plan.race))
-        for line in expected.get("lines", ()):
-            log.info("  " + line)
-        session_started(plan.folder, expected)
-        return _fit(tuner, plan.folder)
+    left over or failed. The sweep holds its folder's lease (``workers.lease``) from
+    before it is checked until Tune ends: another sweep there is refused."""
+    with lease.held(plan.folder, "sweep"):
+        check_new_sweep(plan.folder)  # again: the folder may have filled since it was planned
+        plan = fit_study(plan, ray.cluster_resources())
+        at_once = concurrency(plan.base, plan.possible_trials(), ray.cluster_resources(),
+                              plan.max_concurrent, elastic=elastic)
+        if plan.base.trackers:  # the sweep's own tracker runs, its trials grouped under them
+            plan = dataclasses.replace(plan, base=plan.base.replace(
+                trackers=trackers.open_sweep(plan.base.trackers, plan.folder,
+                                             plan.base.to_dict())))
+        with trackers.sweep_run(plan.base.trackers):  # ends the sweep's tracker runs, however
+            tuner = build_tuner(plan, at_once)
+            expected = _estimate(plan, at_once)
+            storage.write_json(storage.join(plan.folder, SWEEP_FILE), plan.definition())
+            log.info(plan_line(len(plan.possible_trials()), at_once, plan.folder,
+                               race=plan.race))
+            for line in expected.get("lines", ()):
+                log.info("  " + line)
+            session_started(plan.folder, expected)
+            return _fit(tuner, plan.folder)
 
 
 def _estimate(plan: SweepPlan, at_once: int) -> dict:
@@ -155,6 +166,7 @@ def resume(sweep_dir: str, *, address: str | None = None,
     """Connect and continue the sweep in ``sweep_dir`` as it was defined."""
     storage.check_reachable(sweep_dir)
     base = sweep_base(sweep_dir)
+    lease.check_free(storage.resolve(sweep_dir), "sweep")  # now, not after Ray has started
     plan_trackers(specs=base.trackers)
     with ray_session(address, num_cpus=local_cpus(base), dashboard=dashboard):
         return resume_sweep(sweep_dir)
@@ -162,19 +174,22 @@ def resume(sweep_dir: str, *, address: str | None = None,
 
 def resume_sweep(sweep_dir: str) -> list[TrialOutcome]:
     """Continue a sweep (Ray connected): finished trials stay; unfinished and errored
-    ones continue from their last checkpoint (their Train run names are stable)."""
+    ones continue from their last checkpoint (their Train run names are stable). Holds
+    the sweep folder's lease while Tune runs, as ``run_sweep`` does."""
     sweep_dir = storage.resolve(sweep_dir)
     # read first: a clear error for a folder that is not a sweep
     specs = sweep_base(sweep_dir).trackers
     tune_dir = storage.join(sweep_dir, TUNE_NAME)
     if not tune.Tuner.can_restore(tune_dir):
         raise InputError(f"{tune_dir} holds no Tune state to resume; start the sweep again")
-    tuner = tune.Tuner.restore(tune_dir, tune.with_resources(_run_trial, trial_resources()),
-                               resume_unfinished=True, resume_errored=True)
-    log.info(f"Resuming the sweep in {sweep_dir}")
-    with trackers.sweep_run(specs, resumed=True):
-        session_started(sweep_dir)
-        return _fit(tuner, sweep_dir)
+    with lease.held(sweep_dir, "sweep"):  # before Tune reads its state
+        tuner = tune.Tuner.restore(tune_dir,
+                                   tune.with_resources(_run_trial, trial_resources()),
+                                   resume_unfinished=True, resume_errored=True)
+        log.info(f"Resuming the sweep in {sweep_dir}")
+        with trackers.sweep_run(specs, resumed=True):
+            session_started(sweep_dir)
+            return _fit(tuner, sweep_dir)
 
 
 def build_tuner(plan: SweepPlan, at_once: int) -> tune.Tuner:

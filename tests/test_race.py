@@ -187,7 +187,7 @@ def test_a_trial_whose_run_returned_short_is_an_error_not_a_seed(monkeypatch, tm
 
     monkeypatch.setattr(launch, "launch", short)
     # outside a Tune session its report callback cannot be made; launch is stubbed anyway
-    monkeypatch.setattr("ray.tune.integration.ray_train.TuneReportCallback", lambda: None)
+    monkeypatch.setattr(sweep, "EpochsToTune", lambda: None)
     with pytest.raises(RuntimeError, match="returned after 1 of 3 epochs"):
         sweep._run_trial({"base": RunConfig(epochs=3).to_dict(), "trial": {"seed": 0},
                           "sweep_dir": str(tmp_path)})

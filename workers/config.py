@@ -125,6 +125,9 @@ class RunConfig:
     """Checkpoints kept per run (the best-validation weights travel inside each)."""
     max_failures: int = 1
     """Worker-group restarts from the last checkpoint before the run fails."""
+    max_preemptions: int = -1
+    """Worker-group restarts after a node was preempted (drained for preemption: a spot
+    reclaim), counted apart from max_failures; -1: no limit."""
     trackers: list[dict] = field(default_factory=list)
     """Experiment trackers the metrics also go to (--tracker mlflow[:URI] or wandb), as
     orchestrator.trackers resolves them: where each is, never a secret."""
@@ -170,6 +173,9 @@ class RunConfig:
                              f"{', '.join(ON_NONFINITE)}")
         if not 0 <= self.dropout < 1:
             raise InputError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.max_preemptions < -1:
+            raise InputError(f"max_preemptions must be >= 0, or -1 for no limit; got "
+                             f"{self.max_preemptions}")
         if self.cpus_per_worker <= 0 or self.max_failures < 0 or self.threads_per_worker < 0:
             raise InputError("cpus_per_worker must be > 0, max_failures and "
                              "threads_per_worker >= 0")
@@ -291,7 +297,8 @@ TRACKERS = ("mlflow", "wandb")
 # than beside it so that a sweep's trials get them through its saved base config, as they
 # get the storage path, and `sweep --resume` keeps them.
 RUNTIME_FIELDS = ("storage_path", "run_name", "cpus_per_worker", "threads_per_worker",
-                  "checkpoints_to_keep", "max_failures", "extra", "trackers")
+                  "checkpoints_to_keep", "max_failures", "max_preemptions", "extra",
+                  "trackers")
 
 
 # The fields whose values are names from a fixed list (the CLI lists them in --help).

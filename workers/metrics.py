@@ -41,6 +41,10 @@ SELECTION_METRIC = "val_acc"  # picks the best weights of a run, and is Tune's m
 SELECTION_MODE = "max"
 COMPARISON_METRIC = "test_acc"  # what the report compares variants on
 
+# The key of the one report a run makes outside its epochs: the checkpoint saved on a
+# preemption notice, mid-epoch. Readers of epoch reports (progress, trackers, Tune) skip it.
+PREEMPTION_REPORT = "preemption_checkpoint"
+
 HISTORY_FILE = "history.json"  # in every checkpoint: the list of epoch reports so far
 
 

@@ -8,6 +8,7 @@ statistics, the epoch's metric reduction) in the same order, so none waits forev
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import resource
 import tempfile
@@ -22,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from losses import similarity_losses
-from workers import checkpoints, fskil
+from workers import checkpoints, fskil, preemption, storage
 from workers.config import RunConfig
 from workers.constants import FEATURES
 from workers.data import Split, load_prepared
@@ -30,13 +31,16 @@ from workers.metrics import (
     FSKIL_DETAIL,
     FSKIL_HEADLINE,
     LOGMEL_HEADLINE,
+    PREEMPTION_REPORT,
     SELECTION_METRIC,
     STEP_METRICS,
     session_metric,
 )
 from workers.model import KeywordModel
+from workers.preemption import PreemptionWatch
 from workers.probes import linear_probe_accuracy
 from workers.sampler import LocalBatch, check_classes, epoch_batches
+from workers.sampler import steps_per_epoch as sampler_steps
 
 
 @dataclass
@@ -69,6 +73,20 @@ class TrainState:
     best_val_acc: float = -1.0
     best_epoch: int = -1
     best_model: dict | None = None
+    so_far: EpochSoFar | None = None  # epoch ``epoch`` stopped mid-way by a notice
+
+
+@dataclass
+class EpochSoFar:
+    """An epoch stopped mid-way by a preemption notice: the steps done, and its running
+    step-metric sums (means over the ranks) and time, so that the resumed epoch reports
+    what an uninterrupted one would."""
+
+    steps: int
+    sums: list[float]
+    skipped: int
+    seconds: float
+    global_step: int  # steps done in the run
 
 
 @dataclass(frozen=True)
@@ -89,10 +107,14 @@ class Batch:
 # --- the loop ------------------------------------------------------------------------
 
 
-def train_loop_per_worker(config: dict, *, step: StepFn | None = None) -> None:
+def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
+                          watch_preemption: bool = True) -> None:
     """What every Ray Train worker runs. ``step`` replaces ``train_step`` (same signature):
-    a caller that wants to see or change every step (a test, a benchmark) wraps it."""
+    a caller that wants to see or change every step (a test, a benchmark) wraps it.
+    ``watch_preemption=False`` answers no preemption notice (a benchmark's baseline: the
+    epoch checkpoints alone)."""
     cfg = RunConfig.from_dict(config)
+    _quiet_ray_report_lines()
     ctx = _rank_context(cfg)
     data = load_prepared(cfg.data)  # the node's mapped copy, shared by its workers
     words = Words(cfg, data.labels, data.splits["train"].labels)
@@ -104,13 +126,28 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None) -> None:
     ddp_model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = restore(model, optimizer)
+    where = storage.join(cfg.storage_path, cfg.run_name)  # the run folder
+    per_epoch = sampler_steps(len(trained["train"].labels), cfg.batch_size)
+    watch = PreemptionWatch(ctx.rank, ctx.distributed, on_notice=(
+        (lambda notice: preemption.record_notice(where, notice, steps_per_epoch=per_epoch))
+        if ctx.rank == 0 else None))
+    if state.epoch or state.so_far:
+        _resumed(where, state, ctx, per_epoch)
 
-    for epoch in range(state.epoch, cfg.epochs):
-        _seed_dropout(cfg, epoch, ctx)
-        train_metrics = train_epoch(ddp_model, optimizer, trained["train"], cfg, epoch, ctx,
-                                    step=step or train_step)
+    epoch, fresh = state.epoch, True
+    while epoch < cfg.epochs:
+        _seed_dropout(cfg, epoch, ctx, state.so_far if fresh else None)
+        fresh = False
+        result = train_epoch(ddp_model, optimizer, trained["train"], cfg, epoch, ctx,
+                             step=step or train_step, so_far=state.so_far,
+                             watch=watch if watch_preemption else None)
+        if isinstance(result, EpochSoFar):  # a preemption notice: save this step, stop
+            state.so_far = result
+            save_on_notice(model, optimizer, state, ctx, watch, where)
+            continue  # only when the group outlived its deadline
+        state.so_far = None
         val = evaluate(model, trained["validation"], ctx)
-        metrics = {"epoch": epoch + 1, **train_metrics, "world_size": ctx.world_size,
+        metrics = {"epoch": epoch + 1, **result, "world_size": ctx.world_size,
                    **_prefixed("val_", val)}
         state = _track_best(state, model, metrics)
         detail = {}
@@ -120,10 +157,25 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None) -> None:
             metrics.update(final)
         state.epoch = epoch + 1
         state.history.append({**metrics, **detail})  # the detail is for the history only
+        started = time.perf_counter()
         report(metrics, model, optimizer, state, ctx)
+        watch.timed_checkpoint(time.perf_counter() - started)
+        epoch += 1
+        if watch_preemption and epoch < cfg.epochs and watch.ask_now(epoch * per_epoch):
+            _wait_on_notice(state, ctx, watch, where, per_epoch)  # answered by that report
 
 
 # --- set-up --------------------------------------------------------------------------
+
+
+def _quiet_ray_report_lines() -> None:
+    """Ray 2.60 logs every ``ray.train.report`` of every rank at INFO under a logger named
+    by its source file, outside ``ray.train``, where ``LoggingConfig``'s level does not
+    reach: a cluster's terminal (worker logs forwarded) fills with them. Hold those
+    loggers to warnings."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.endswith(".py") and "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _rank_context(cfg: RunConfig) -> RankContext:
@@ -232,32 +284,56 @@ def build_model(cfg: RunConfig, meta: dict, *, classes: int) -> KeywordModel:
     )
 
 
-def _seed_dropout(cfg: RunConfig, epoch: int, ctx: RankContext) -> None:
+def _seed_dropout(cfg: RunConfig, epoch: int, ctx: RankContext,
+                  so_far: EpochSoFar | None = None) -> None:
     # Derived from (seed, epoch, rank), so a resumed epoch draws what it drew the first time.
-    torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+    # An epoch resumed mid-way from a preemption checkpoint draws from (seed, epoch, step,
+    # rank): its dropout masks differ from the uninterrupted run's (with dropout 0 nothing
+    # is drawn and the resumed run is exact).
+    seed = cfg.seed * 1_000_003 + epoch * 1009 + ctx.rank
+    if so_far is not None:
+        seed += 7_919 * (so_far.steps + 1) * 1_000_003
+    torch.manual_seed(seed)
 
 
 # --- one epoch -----------------------------------------------------------------------
 
 
 def train_epoch(model, optimizer, train: Split, cfg: RunConfig, epoch: int,
-                ctx: RankContext, *, step: StepFn | None = None) -> dict[str, float]:
+                ctx: RankContext, *, step: StepFn | None = None,
+                so_far: EpochSoFar | None = None,
+                watch: PreemptionWatch | None = None) -> dict[str, float] | EpochSoFar:
+    """The epoch's steps from ``so_far`` (a preemption checkpoint's place) on; its step
+    means and bookkeeping, or, when ``watch`` says a notice's deadline is near, where it
+    stopped (``EpochSoFar``)."""
     step_fn = step or train_step
     model.train()
     batches = epoch_batches(train.labels.cpu().numpy(), classes_per_batch=cfg.groups_per_batch,
                             clips_per_class=cfg.clips_per_class, seed=cfg.seed, epoch=epoch)
     sums = torch.zeros(len(STEP_METRICS), dtype=torch.float64)
-    skipped = 0
+    skipped, done_before, seconds_before = 0, 0, 0.0
+    if so_far is not None:  # every rank starts from the mean over the ranks so far
+        sums += torch.tensor(so_far.sums, dtype=torch.float64)
+        skipped, done_before, seconds_before = so_far.skipped, so_far.steps, so_far.seconds
     start = time.perf_counter()
-    for index, global_batch in enumerate(batches):
+    for index in range(done_before, len(batches)):
+        began = time.perf_counter()
         _set_lr(optimizer, cfg, epoch * len(batches) + index, cfg.epochs * len(batches))
-        batch = gather_batch(train, global_batch.for_rank(ctx.rank, ctx.world_size), ctx)
+        batch = gather_batch(train, batches[index].for_rank(ctx.rank, ctx.world_size), ctx)
         metrics = step_fn(model, optimizer, batch, cfg, ctx, (epoch, index))
         if metrics is None:
             skipped += 1  # every rank skips the same step
         else:
             sums += metrics
-    seconds = time.perf_counter() - start
+        if (watch is not None
+                and watch.after_step(time.perf_counter() - began,
+                                     epoch * len(batches) + index + 1)
+                and index + 1 < len(batches)):
+            return EpochSoFar(steps=index + 1, sums=_mean_over_ranks(sums, ctx).tolist(),
+                              skipped=skipped,
+                              seconds=seconds_before + time.perf_counter() - start,
+                              global_step=epoch * len(batches) + index + 1)
+    seconds = seconds_before + time.perf_counter() - start
     means = _mean_over_ranks(sums / max(1, len(batches) - skipped), ctx)
     return {
         **dict(zip(STEP_METRICS, means.tolist(), strict=True)),
@@ -513,6 +589,46 @@ def _prefixed(prefix: str, values: dict) -> dict:
 # --- checkpoints ---------------------------------------------------------------------
 
 
+def save_on_notice(model, optimizer, state: TrainState, ctx: RankContext,
+                   watch: PreemptionWatch, where: str) -> None:
+    """Write the checkpoint of this step (rank 0), tell the driver in one report, and take
+    no further step on this group (``PreemptionWatch.wait_for_teardown``)."""
+    notice = watch.notice
+    started = time.perf_counter()
+    report({PREEMPTION_REPORT: {"epoch": state.epoch + 1, "step": state.so_far.steps,
+                                "global_step": state.so_far.global_step,
+                                "deadline": notice.deadline, "nodes": notice.nodes}},
+           model, optimizer, state, ctx)
+    seconds = time.perf_counter() - started
+    if ctx.rank == 0:
+        preemption.record_checkpoint(where, step=state.so_far.global_step, seconds=seconds)
+    _outlive(watch.saved(seconds), ctx, watch, where)
+
+
+def _wait_on_notice(state: TrainState, ctx: RankContext, watch: PreemptionWatch, where: str,
+                    per_epoch: int) -> None:
+    """A notice seen right after an epoch's checkpoint: that checkpoint answers it."""
+    if ctx.rank == 0:
+        preemption.record_checkpoint(where, step=state.epoch * per_epoch, seconds=None)
+    _outlive(watch.saved(), ctx, watch, where)
+
+
+def _outlive(notice, ctx: RankContext, watch: PreemptionWatch, where: str) -> None:
+    watch.wait_for_teardown(notice)
+    # still alive well past the deadline: the node was not taken, and nothing is redone
+    if ctx.rank == 0:
+        preemption.record_not_taken(where)
+
+
+def _resumed(where: str, state: TrainState, ctx: RankContext, per_epoch: int) -> None:
+    """A group starting from a checkpoint: rank 0 completes the record of the notice whose
+    group ended (how many steps are trained again)."""
+    if ctx.rank != 0:
+        return
+    step = state.so_far.global_step if state.so_far else state.epoch * per_epoch
+    preemption.record_resume(where, step)  # the driver reports it when the launch ends
+
+
 def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext) -> None:
     """Every rank reports the metrics; rank 0 attaches the checkpoint (``workers.checkpoints``:
     weights, optimizer, best weights and the history so far)."""
@@ -527,20 +643,26 @@ def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext)
             "best_val_acc": state.best_val_acc,
             "best_epoch": state.best_epoch,
             "best_model": state.best_model,
+            # a preemption checkpoint mid-epoch: where in the epoch, its sums so far
+            "so_far": dataclasses.asdict(state.so_far) if state.so_far else None,
         }
         checkpoints.write(tmp, payload, state.history)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        # named by dotsim, so that a folder Ray never registered is recognised and removed
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=checkpoints.new_name(state.epoch))
 
 
 def restore(model, optimizer) -> TrainState:
-    """Continue from Ray Train's latest checkpoint (a resumed run or a restarted group)."""
+    """Continue from Ray Train's latest checkpoint (a resumed run or a restarted group), or
+    from the newest intact one when it is damaged (rank 0 says which, in its log)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return TrainState()
-    with checkpoint.as_directory() as directory:
-        saved, history = checkpoints.read(directory)
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    saved, history = checkpoints.read_newest_intact(checkpoint, say=print if rank0 else None)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     return TrainState(epoch=saved["epoch"], history=history,
                       best_val_acc=saved["best_val_acc"], best_epoch=saved["best_epoch"],
-                      best_model=saved["best_model"])
+                      best_model=saved["best_model"],
+                      so_far=EpochSoFar(**saved["so_far"]) if saved.get("so_far") else None)

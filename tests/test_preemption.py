@@ -1,0 +1,209 @@
+"""Answering a preemption notice, without Ray: when the watch asks and when it says to
+save, the record of notices, and an epoch stopped at a step and resumed from the saved
+checkpoint files reporting exactly what the uninterrupted epoch reports."""
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from workers import preemption
+from workers.preemption import CALIBRATION_STEPS, PreemptionWatch
+
+
+@dataclass
+class Info:  # what ray.train.get_preemption_info returns (its public attributes)
+    deadline_ms: int | None
+    preempted_node_ids: tuple = ("n1",)
+    preempted_ranks: tuple = (0, 1)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def watch_with(answers, clock=None, ask_seconds=0.0):
+    """A single-rank watch whose asks return ``answers()`` (and take ``ask_seconds``)."""
+    calls = []
+
+    def ask():
+        calls.append(1)
+        if ask_seconds:
+            time.sleep(ask_seconds)
+        return answers()
+
+    watch = PreemptionWatch(0, False, ask=ask, clock=clock or Clock())
+    return watch, calls
+
+
+def calibrate(watch, step_seconds=0.1):
+    for _ in range(CALIBRATION_STEPS):
+        assert not watch.after_step(step_seconds)
+
+
+def test_asks_every_step_until_calibrated_then_every_k_within_the_budget():
+    watch, calls = watch_with(lambda: None, ask_seconds=0.002)
+    calibrate(watch, step_seconds=0.01)
+    assert len(calls) == CALIBRATION_STEPS
+    # an ask of >= 2 ms against a 10 ms step: at most 1% means every >= 20 steps, and a
+    # notice is still seen within MAX_NOTICE_DELAY_S (500 steps)
+    assert 20 <= watch.every <= 500
+    for _ in range(10 * watch.every):
+        watch.after_step(0.01)
+    assert len(calls) == CALIBRATION_STEPS + 10
+
+
+def test_a_cheap_ask_against_a_slow_step_is_made_every_step():
+    watch, calls = watch_with(lambda: None)
+    calibrate(watch, step_seconds=1.0)
+    assert watch.every == 1
+
+
+def test_trains_until_the_deadline_leaves_room_for_the_checkpoint():
+    clock = Clock()
+    notice = {"info": None}
+    watch, _ = watch_with(lambda: notice["info"], clock)
+    calibrate(watch, step_seconds=0.1)
+    watch.timed_checkpoint(1.0)
+    notice["info"] = Info(deadline_ms=int((clock.now + 10) * 1000))
+    steps = 1
+    while not watch.after_step(0.1, CALIBRATION_STEPS + steps):
+        steps += 1
+    # (10 s - the reserve of max(5 s, 3 checkpoint times)) / 0.1 s a step: 50 more steps
+    assert steps == 51
+    saved = watch.saved(1.0)
+    assert saved.deadline == clock.now + 10 and saved.nodes == ["n1"]
+    assert saved.seen_at_step == CALIBRATION_STEPS + 1
+    for _ in range(50):  # the notice was answered: asked about again, it changes nothing
+        assert not watch.after_step(0.1)
+
+
+def test_no_deadline_or_no_time_left_saves_at_once_and_a_second_notice_is_answered_too():
+    clock = Clock()
+    notice = {"info": None}
+    watch, _ = watch_with(lambda: notice["info"], clock)
+    calibrate(watch)
+    notice["info"] = Info(deadline_ms=None)
+    assert watch.after_step(0.1)
+    watch.saved()
+    notice["info"] = Info(deadline_ms=int((clock.now + 0.5) * 1000))  # another node
+    assert watch.after_step(0.1)
+
+
+def test_a_notice_between_epochs_is_answered_by_the_epoch_checkpoint():
+    clock = Clock()
+    watch, _ = watch_with(lambda: Info(deadline_ms=int((clock.now + 60) * 1000)), clock)
+    assert watch.ask_now(70)
+    assert watch.saved().seen_at_step == 70
+    assert not watch.ask_now(70)  # the same notice, asked about again
+
+
+def test_waits_for_the_teardown_and_goes_on_when_the_node_was_not_taken(monkeypatch):
+    clock = Clock()
+    watch, _ = watch_with(lambda: None, clock)
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.now += seconds
+
+    monkeypatch.setattr(preemption.time, "sleep", sleep)
+    watch.wait_for_teardown(preemption.Notice(clock.now + 5, ["n1"], [0], 0))
+    assert sum(slept) >= 5 + preemption.TEARDOWN_WAIT_S
+
+
+def test_the_record_of_a_notice_says_what_was_saved_and_redone(tmp_path):
+    run = str(tmp_path)
+    def notice(at):
+        return preemption.Notice(1_796_000_000.0, ["n1"], [1], 0, seen_at_step=at)
+
+    preemption.record_notice(run, notice(40), steps_per_epoch=35)
+    preemption.record_checkpoint(run, step=45, seconds=0.8)
+    entry = preemption.record_resume(run, 45)
+    assert entry["notice_step"] == 40 and entry["step_checkpointed"] == 45
+    assert entry["epoch"] == 2 and entry["nodes"] == ["n1"]
+    assert entry["steps_redone"] == 0 and entry["resumed_from_step"] == 45
+    assert preemption.record_resume(run, 60) is None  # answered once
+    assert "0 steps redone" in preemption.handled_line("r", entry)
+    # a deadline that came before the checkpoint: redone at least notice - resumed
+    preemption.record_notice(run, notice(80), steps_per_epoch=35)
+    late = preemption.record_resume(run, 70)
+    assert late["steps_redone"] == 10 and "before a checkpoint" in \
+        preemption.handled_line("r", late)
+    preemption.record_notice(run, notice(90), steps_per_epoch=35)
+    preemption.record_not_taken(run)
+    assert preemption.read_record(run)[-1]["restarted"] is False
+    assert len(preemption.read_record(run)) == 3
+
+
+class StopAt:
+    """A watch that says to save after the ``at``-th step of the epoch."""
+
+    def __init__(self, at):
+        self.at, self.steps = at, 0
+
+    def after_step(self, step_time, global_step):
+        self.steps += 1
+        return self.steps == self.at
+
+
+@pytest.mark.parametrize("stop_after", [1, 5])
+def test_an_epoch_resumed_from_a_saved_step_reports_the_uninterrupted_epoch(
+        small_prepared, tmp_path, stop_after):
+    import torch
+    from tiny import tiny_config
+
+    from workers import checkpoints
+    from workers.data import load_prepared
+    from workers.train import EpochSoFar, FeatureNorm, RankContext, build_model, train_epoch
+
+    cfg = tiny_config(small_prepared, batch_size=8, workers=1, dropout=0.0, epochs=2)
+    data = load_prepared(cfg.data)
+    ctx = RankContext(0, 1, torch.device("cpu"))
+    train = FeatureNorm.fit(data.splits["train"])(data.splits["train"], ctx.device)
+
+    def fresh():
+        model = build_model(cfg, data.meta, classes=len(data.labels))
+        return model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay)
+
+    model, optimizer = fresh()
+    train_epoch(model, optimizer, train, cfg, 0, ctx)
+    whole = train_epoch(model, optimizer, train, cfg, 1, ctx)
+
+    model, optimizer = fresh()
+    train_epoch(model, optimizer, train, cfg, 0, ctx)
+    so_far = train_epoch(model, optimizer, train, cfg, 1, ctx, watch=StopAt(stop_after))
+    assert isinstance(so_far, EpochSoFar) and so_far.steps == stop_after
+    checkpoints.write(tmp_path, {"model": model.state_dict(),
+                                 "optimizer": optimizer.state_dict()}, [])
+    saved, _ = checkpoints.read(tmp_path)
+    model, optimizer = fresh()  # a new group: everything from the checkpoint files
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    resumed = train_epoch(model, optimizer, train, cfg, 1, ctx, so_far=so_far)
+    for key, value in whole.items():
+        if key not in ("epoch_seconds", "samples_per_second", "peak_rss_mb"):
+            assert resumed[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_a_sweep_trial_hands_tune_its_epochs_not_its_preemption_checkpoint(monkeypatch):
+    """Tune gets every epoch of a trial's run and never the checkpoint saved on a notice (a
+    scheduler would count it as an iteration)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator import sweep
+    from workers.metrics import PREEMPTION_REPORT
+
+    handed = []
+    monkeypatch.setattr(TuneReportCallback, "after_report",
+                        lambda self, context, metrics, checkpoint: handed.append(metrics[0]))
+    callback = object.__new__(sweep.EpochsToTune)  # its __init__ needs a Tune session
+    callback.after_report(None, [{"epoch": 1, "val_acc": 0.5}], None)
+    callback.after_report(None, [{PREEMPTION_REPORT: {"step": 3}}], None)
+    callback.after_report(None, [{"epoch": 2, "val_acc": 0.6}], None)
+    assert [m["epoch"] for m in handed] == [1, 2]

@@ -1,0 +1,272 @@
+"""Answering a preemption notice: train while the deadline allows, then save the current
+step and take no further step on the doomed worker group (docs/reliability.md).
+
+Ray Train learns of a node being drained for preemption (``ray drain-node``, or
+``dotsim cluster watch-spot`` turning a spot instance's notice into a drain) and hands the
+notice to every worker through ``ray.train.get_preemption_info()``: a barrier that every
+rank must call the same number of times. ``PreemptionWatch`` asks every ``every`` steps,
+``every`` chosen from what an ask costs against a step (at most ``CHECK_BUDGET`` of a
+step, and a notice seen within ``MAX_NOTICE_DELAY_S``), and every rank counts the same
+steps, so every rank asks at the same steps. At the deadline Ray Train tears the group
+down and restarts it from the newest checkpoint without counting a failure.
+
+The loop's record of each notice is ``preemptions.json`` in the run folder, written by
+rank 0 alone (the driver copies it into ``dotsim_run.json`` when a launch ends).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from workers import storage
+
+PREEMPTIONS_FILE = "preemptions.json"  # in the run folder: one entry per notice
+
+CHECK_BUDGET = 0.01  # the asks may cost at most this share of a step
+MAX_NOTICE_DELAY_S = 5.0  # ... and a notice is seen within this long (AWS notifies 120 s ahead)
+CALIBRATION_STEPS = 8  # steps asked at every step before ``every`` is chosen
+CHECKPOINT_SAFETY = 3.0  # the checkpoint starts this many measured checkpoint times early,
+RESERVE_S = 5.0  # and at least this long before the deadline (a slow upload, a busy node)
+FIRST_CHECKPOINT_GUESS_S = 10.0  # a checkpoint's time before one was measured
+TEARDOWN_WAIT_S = 60.0  # past the deadline, a group still alive was not taken: go on
+
+
+@dataclass
+class Notice:
+    """A notice being answered: its deadline (UNIX seconds; None: none was given, so now),
+    the preempted nodes, and how many more steps to train before the checkpoint."""
+
+    deadline: float | None
+    nodes: list[str]
+    ranks: list[int]
+    steps_left: int
+    seen_at_step: int = 0  # the run's steps done when the notice was seen
+
+
+class PreemptionWatch:
+    """Asks Ray about a preemption at the same steps on every rank and says when to save.
+
+    ``after_step()`` is called by every rank after every step; it returns True at the step
+    after which the loop must write its preemption checkpoint. ``ask`` is
+    ``ray.train.get_preemption_info`` (a test passes its own)."""
+
+    def __init__(self, rank: int, distributed: bool, *,
+                 ask: Callable[[], object | None] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 on_notice: Callable[[Notice], None] | None = None):
+        import ray.train
+
+        self.rank, self.distributed = rank, distributed
+        self.ask = ask or ray.train.get_preemption_info
+        self.clock = clock
+        self.on_notice = on_notice  # called (by every rank) when a notice is first seen
+        self.every = 1
+        self.steps = 0
+        self.ask_seconds = 0.0  # summed over the calibration asks
+        self.asks = 0
+        self._step_sum, self._timed_steps = 0.0, 0  # steps 2.. of the calibration
+        self.checkpoint_seconds = FIRST_CHECKPOINT_GUESS_S
+        self.notice: Notice | None = None
+        self.answered: set = set()  # deadlines already answered with a checkpoint
+
+    def after_step(self, step_time: float, global_step: int = 0) -> bool:
+        """After every step (``step_time`` seconds long; the run's ``global_step`` steps
+        done), on every rank."""
+        self.steps += 1
+        if 1 < self.steps <= CALIBRATION_STEPS:  # the first step holds the warm-up
+            self._step_sum += step_time
+            self._timed_steps += 1
+        if self.notice is not None:
+            self.notice.steps_left -= 1
+            return self.notice.steps_left <= 0
+        if self.steps % self.every:
+            return False
+        info = self._timed_ask()
+        if self.steps == CALIBRATION_STEPS:
+            self._choose_every()
+        if info is None or _key(info) in self.answered:
+            return False
+        self.notice = self._plan(info)
+        self._seen(global_step)
+        return self.notice.steps_left <= 0
+
+    def ask_now(self, global_step: int) -> bool:
+        """Between epochs (every rank, after the epoch's checkpoint): True when a notice
+        is pending, which that checkpoint already answers."""
+        info = self._timed_ask()
+        if info is None or _key(info) in self.answered:
+            return False
+        if self.notice is None or self.notice.deadline != _deadline(info):
+            self.notice = Notice(_deadline(info), *_where(info), steps_left=0)
+            self._seen(global_step)
+        return True
+
+    def _seen(self, global_step: int) -> None:
+        self.notice.seen_at_step = global_step
+        if self.on_notice is not None:
+            self.on_notice(self.notice)
+
+    def saved(self, seconds: float | None = None) -> Notice:
+        """The checkpoint for the current notice is written (in ``seconds``, on rank 0)."""
+        notice = self.notice
+        assert notice is not None
+        self.answered.add(notice.deadline)
+        self.notice = None
+        if seconds is not None:
+            self.timed_checkpoint(seconds)
+        return notice
+
+    def timed_checkpoint(self, seconds: float) -> None:
+        """A checkpoint took ``seconds`` (rank 0 measures its own; others keep the guess,
+        only rank 0's counts: it decides and broadcasts)."""
+        self.checkpoint_seconds = seconds
+
+    def wait_for_teardown(self, notice: Notice) -> None:
+        """Take no further step: Ray Train ends this group at the deadline. A group still
+        alive well past it was not taken (the drain was cancelled): the loop goes on."""
+        deadline = notice.deadline or self.clock()
+        while self.clock() < deadline + TEARDOWN_WAIT_S:
+            time.sleep(0.5)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """A step's time, from the calibration steps (so far)."""
+        return self._step_sum / self._timed_steps if self._timed_steps else None
+
+    # --- decisions every rank agrees on ----------------------------------------------
+
+    def _timed_ask(self):
+        start = time.perf_counter()
+        info = self.ask()
+        self.ask_seconds += time.perf_counter() - start
+        self.asks += 1
+        return info
+
+    def _choose_every(self) -> None:
+        """Ask every k steps: k keeps the asks under CHECK_BUDGET of a step, and a notice
+        seen within MAX_NOTICE_DELAY_S. Rank 0's measurement, so every rank gets one k."""
+        ask = self.ask_seconds / max(1, self.asks)
+        cheap = math.ceil(ask / (CHECK_BUDGET * max(self.step_seconds, 1e-6)))
+        prompt = max(1, math.floor(MAX_NOTICE_DELAY_S / max(self.step_seconds, 1e-6)))
+        self.every = int(_from_rank0(max(1, min(cheap, prompt)), self.distributed))
+
+    def _plan(self, info) -> Notice:
+        """How many more steps fit before the checkpoint must start: the time to the
+        deadline less CHECKPOINT_SAFETY checkpoint times (at least RESERVE_S), in steps
+        (rank 0's clock and measurements, broadcast)."""
+        deadline = _deadline(info)
+        steps_left = 0
+        if deadline is not None and self.step_seconds:
+            reserve = max(RESERVE_S, CHECKPOINT_SAFETY * self.checkpoint_seconds)
+            spare = deadline - self.clock() - reserve
+            steps_left = max(0, math.floor(spare / self.step_seconds))
+        return Notice(deadline, *_where(info),
+                      steps_left=int(_from_rank0(steps_left, self.distributed)))
+
+
+def _deadline(info) -> float | None:
+    return info.deadline_ms / 1000 if info.deadline_ms is not None else None
+
+
+def _where(info) -> tuple[list[str], list[int]]:
+    return list(info.preempted_node_ids), list(info.preempted_ranks)
+
+
+def _key(info):
+    return _deadline(info)
+
+
+def _from_rank0(value: int, distributed: bool) -> int:
+    if not distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
+# --- the record of notices (rank 0) ---------------------------------------------------
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+
+
+def read_record(run_folder: str) -> list[dict]:
+    path = storage.join(run_folder, PREEMPTIONS_FILE)
+    return storage.read_json(path) if storage.exists(path) else []
+
+
+def _write_record(run_folder: str, entries: list[dict]) -> None:
+    storage.write_json(storage.join(run_folder, PREEMPTIONS_FILE), entries)
+
+
+def record_notice(run_folder: str, notice: Notice, *, steps_per_epoch: int) -> None:
+    """A notice seen after ``notice.seen_at_step`` steps of the run."""
+    entry = {"notice_seen": _now_iso(), "deadline": _iso(notice.deadline),
+             "nodes": notice.nodes, "ranks": notice.ranks,
+             "epoch": notice.seen_at_step // steps_per_epoch + 1,
+             "notice_step": notice.seen_at_step}
+    _write_record(run_folder, [*read_record(run_folder), entry])
+
+
+def record_checkpoint(run_folder: str, *, step: int, seconds: float | None) -> dict:
+    """The notice answered with a checkpoint at global ``step``, written in ``seconds``."""
+    entries = read_record(run_folder)
+    entries[-1] |= {"step_checkpointed": step,
+                    "checkpoint_seconds": round(seconds, 2) if seconds is not None else None}
+    _write_record(run_folder, entries)
+    return entries[-1]
+
+
+def record_resume(run_folder: str, resumed_step: int) -> dict | None:
+    """A group starting from a checkpoint at global ``resumed_step``: the notice whose
+    group ended before it gets ``resumed_from_step`` and ``steps_redone`` (the steps the
+    ended group trained past the checkpoint, trained again now; a lower bound when the
+    deadline came before the checkpoint). None when no notice
+    waits for its resume."""
+    entries = read_record(run_folder)
+    if not entries or "steps_redone" in entries[-1]:
+        return None
+    entry = entries[-1]
+    # without a checkpoint (the deadline came first) the group trained at least to the
+    # notice: the steps redone are then at least those
+    reached = entry.get("step_checkpointed", entry["notice_step"])
+    entry |= {"resumed_from_step": resumed_step,
+              "steps_redone": max(0, reached - resumed_step),
+              "resumed": _now_iso()}
+    _write_record(run_folder, entries)
+    return entry
+
+
+def record_not_taken(run_folder: str) -> None:
+    """The group outlived its deadline: nothing was redone."""
+    entries = read_record(run_folder)
+    if entries and "steps_redone" not in entries[-1]:
+        entries[-1] |= {"steps_redone": 0, "restarted": False}
+        _write_record(run_folder, entries)
+
+
+def handled_line(run_name: str, entry: dict) -> str:
+    """One line for a notice the run answered: where it saved, what it redid."""
+    if entry.get("restarted") is False:
+        return (f"{run_name}: preemption notice at global step {entry['notice_step']}; the "
+                "node was not taken and the run went on")
+    saved = entry.get("step_checkpointed")
+    where = (f"saved global step {saved}" if saved is not None else
+             "the deadline came before a checkpoint")
+    redone = entry.get("steps_redone")
+    return (f"{run_name}: preemption handled: {where}, resumed from step "
+            f"{entry.get('resumed_from_step')}, {redone} steps redone")
