@@ -207,3 +207,57 @@ def test_a_sweep_trial_hands_tune_its_epochs_not_its_preemption_checkpoint(monke
     callback.after_report(None, [{PREEMPTION_REPORT: {"step": 3}}], None)
     callback.after_report(None, [{"epoch": 2, "val_acc": 0.6}], None)
     assert [m["epoch"] for m in handed] == [1, 2]
+
+
+def _stopped_on_two_ranks(rank, world_size, data, stop_after):
+    """Epoch 1 of the tiny run on two gloo ranks, then epoch 2 stopped after
+    ``stop_after`` steps: rank 0's model and optimizer state and where it stopped."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from workers.train import train_epoch
+
+    cfg, train, ctx, model, optimizer = _tiny_rank(data, rank, world_size)
+    ddp = DistributedDataParallel(model)
+    train_epoch(ddp, optimizer, train, cfg, 0, ctx)
+    so_far = train_epoch(ddp, optimizer, train, cfg, 1, ctx, watch=StopAt(stop_after))
+    return {"so_far": so_far, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict()} if rank == 0 else torch.zeros(())
+
+
+def _tiny_rank(data, rank, world_size):
+    import torch
+    from tiny import tiny_config
+
+    from workers.data import load_prepared
+    from workers.train import FeatureNorm, RankContext, build_model
+
+    cfg = tiny_config(data, batch_size=8, workers=world_size, dropout=0.0, epochs=2,
+                      similarity="dot", norm="minmax", scope="global")
+    prepared = load_prepared(cfg.data)
+    ctx = RankContext(rank, world_size, torch.device("cpu"))
+    train = FeatureNorm.fit(prepared.splits["train"])(prepared.splits["train"], ctx.device)
+    model = build_model(cfg, prepared.meta, classes=len(prepared.labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cfg, train, ctx, model, optimizer
+
+
+@pytest.mark.distributed
+def test_an_epoch_saved_on_two_ranks_resumes_exactly_on_one(small_prepared, gloo_pool):
+    """A run whose numbers do not depend on the world size (global statistics), stopped
+    mid-epoch on two ranks, resumes on one and reports what one rank reports without
+    the interruption."""
+    from workers.train import train_epoch
+
+    saved = gloo_pool(2).run(_stopped_on_two_ranks, str(small_prepared), 4)[0]
+    cfg, train, ctx, model, optimizer = _tiny_rank(str(small_prepared), 0, 1)
+    train_epoch(model, optimizer, train, cfg, 0, ctx)
+    whole = train_epoch(model, optimizer, train, cfg, 1, ctx)
+    cfg, train, ctx, model, optimizer = _tiny_rank(str(small_prepared), 0, 1)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    resumed = train_epoch(model, optimizer, train, cfg, 1, ctx, so_far=saved["so_far"])
+    for key in ("train_loss", "train_ce", "train_lpc", "train_shuffled", "train_cos_rec",
+                "skipped_steps", "lr"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-4), key
+    assert saved["so_far"].steps == 4
