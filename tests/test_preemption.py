@@ -75,69 +75,110 @@ def test_trains_until_the_deadline_leaves_room_for_the_checkpoint():
         steps += 1
     # (10 s - the reserve of max(5 s, 3 checkpoint times)) / 0.1 s a step: 50 more steps
     assert steps == 51
-    saved = watch.saved(1.0)
-    assert saved.deadline == clock.now + 10 and saved.nodes == ["n1"]
-    assert saved.seen_at_step == CALIBRATION_STEPS + 1
-    for _ in range(50):  # the notice was answered: asked about again, it changes nothing
-        assert not watch.after_step(0.1)
+    assert watch.notice.deadline == clock.now + 10 and watch.notice.nodes == ["n1"]
+    assert watch.notice.seen_at_step == CALIBRATION_STEPS + 1 and watch.notices == 1
 
 
-def test_no_deadline_or_no_time_left_saves_at_once_and_a_second_notice_is_answered_too():
+def test_a_slow_checkpoint_moves_the_save_earlier_and_no_deadline_saves_at_once():
     clock = Clock()
     notice = {"info": None}
     watch, _ = watch_with(lambda: notice["info"], clock)
-    calibrate(watch)
-    notice["info"] = Info(deadline_ms=None)
-    assert watch.after_step(0.1)
-    watch.saved()
-    notice["info"] = Info(deadline_ms=int((clock.now + 0.5) * 1000))  # another node
-    assert watch.after_step(0.1)
+    calibrate(watch, step_seconds=0.1)
+    watch.timed_checkpoint(3.0)  # 3 x 3 s = 9 s reserve: 10 steps left of a 10 s notice
+    notice["info"] = Info(deadline_ms=int((clock.now + 10) * 1000))
+    assert [watch.after_step(0.1) for _ in range(11)] == [False] * 10 + [True]
+    watch, _ = watch_with(lambda: Info(deadline_ms=None), clock)
+    assert watch.after_step(0.1)  # no deadline: save now
 
 
 def test_a_notice_between_epochs_is_answered_by_the_epoch_checkpoint():
     clock = Clock()
-    watch, _ = watch_with(lambda: Info(deadline_ms=int((clock.now + 60) * 1000)), clock)
+    deadline = {"ms": int((clock.now + 60) * 1000)}
+    watch, _ = watch_with(lambda: Info(deadline_ms=deadline["ms"]), clock)
     assert watch.ask_now(70)
-    assert watch.saved().seen_at_step == 70
-    assert not watch.ask_now(70)  # the same notice, asked about again
+    assert watch.notice.seen_at_step == 70 and watch.notices == 1
+    assert watch.ask_now(70) and watch.notices == 1  # the same notice, asked again
+    deadline["ms"] -= 30_000  # a second node's, earlier: merged by Ray into one notice
+    assert watch.ask_now(70) and watch.notices == 2
 
 
-def test_waits_for_the_teardown_and_goes_on_when_the_node_was_not_taken(monkeypatch):
+def _watch_on_rank(rank, world_size):
+    """A watch on each of two gloo ranks whose steps, clocks and asks' costs differ; the
+    asks answer alike (Ray broadcasts rank 0's notice): when each rank asks, and when it
+    saves."""
     clock = Clock()
-    watch, _ = watch_with(lambda: None, clock)
+    clock.now += 0.7 * rank
+    asks = []
+
+    def ask():
+        asks.append(1)
+        if rank == 0:
+            time.sleep(0.003)
+        return Info(deadline_ms=1_000_030_000) if len(asks) > 12 else None
+
+    watch = PreemptionWatch(rank, True, ask=ask, clock=clock)
+    watch.timed_checkpoint(1.0 + rank)
+    step_time = 0.1 if rank == 0 else 0.3
+    for step in range(1, 2000):
+        clock.now += step_time
+        if watch.after_step(step_time, step):
+            return {"every": watch.every, "saved_after": step, "asks": len(asks)}
+    return None
+
+
+@pytest.mark.distributed
+def test_every_rank_asks_at_the_same_steps_and_saves_after_the_same_step(gloo_pool):
+    first, second = gloo_pool(2).run(_watch_on_rank)
+    assert first is not None and first == second
+    assert first["every"] > 1  # rank 0's 3 ms asks against its 0.1 s steps
+
+
+def test_after_its_checkpoint_the_group_takes_no_further_step(monkeypatch):
     slept = []
 
     def sleep(seconds):
         slept.append(seconds)
-        clock.now += seconds
+        if len(slept) == 1000:
+            raise SystemExit  # what ending the group would do, seen from inside
 
     monkeypatch.setattr(preemption.time, "sleep", sleep)
-    watch.wait_for_teardown(preemption.Notice(clock.now + 5, ["n1"], [0], 0))
-    assert sum(slept) >= 5 + preemption.TEARDOWN_WAIT_S
+    with pytest.raises(SystemExit):
+        PreemptionWatch.wait_for_teardown()
+    assert len(slept) == 1000
 
 
 def test_the_record_of_a_notice_says_what_was_saved_and_redone(tmp_path):
     run = str(tmp_path)
+
     def notice(at):
         return preemption.Notice(1_796_000_000.0, ["n1"], [1], 0, seen_at_step=at)
 
     preemption.record_notice(run, notice(40), steps_per_epoch=35)
     preemption.record_checkpoint(run, step=45, seconds=0.8)
-    entry = preemption.record_resume(run, 45)
+    [entry] = preemption.record_resume(run, 45)
     assert entry["notice_step"] == 40 and entry["step_checkpointed"] == 45
     assert entry["epoch"] == 2 and entry["nodes"] == ["n1"]
     assert entry["steps_redone"] == 0 and entry["resumed_from_step"] == 45
-    assert preemption.record_resume(run, 60) is None  # answered once
+    assert preemption.record_resume(run, 60) == []  # answered once
     assert "0 steps redone" in preemption.handled_line("r", entry)
     # a deadline that came before the checkpoint: redone at least notice - resumed
     preemption.record_notice(run, notice(80), steps_per_epoch=35)
-    late = preemption.record_resume(run, 70)
+    [late] = preemption.record_resume(run, 70)
     assert late["steps_redone"] == 10 and "before a checkpoint" in \
         preemption.handled_line("r", late)
-    preemption.record_notice(run, notice(90), steps_per_epoch=35)
-    preemption.record_not_taken(run)
-    assert preemption.read_record(run)[-1]["restarted"] is False
-    assert len(preemption.read_record(run)) == 3
+    # a notice at the last step of epoch 2 is epoch 2's; two notices answered by one
+    # checkpoint; a run that finished before the deadline
+    preemption.record_notice(run, notice(70), steps_per_epoch=35)
+    preemption.record_notice(run, notice(70), steps_per_epoch=35)
+    preemption.record_checkpoint(run, step=70, seconds=None)
+    assert [e["epoch"] for e in preemption.read_record(run)[-2:]] == [2, 2]
+    assert len(preemption.record_resume(run, 70)) == 2
+    preemption.record_notice(run, notice(100), steps_per_epoch=35)
+    preemption.record_finished(run, 105)
+    last = preemption.read_record(run)[-1]
+    assert last["steps_redone"] == 0 and last["finished_before_deadline"]
+    assert "finished before the deadline" in preemption.handled_line("r", last)
+    assert all("steps_redone" in e for e in preemption.read_record(run))
 
 
 class StopAt:

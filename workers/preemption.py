@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -29,13 +30,14 @@ from workers import storage
 
 PREEMPTIONS_FILE = "preemptions.json"  # in the run folder: one entry per notice
 
-CHECK_BUDGET = 0.01  # the asks may cost at most this share of a step
+CHECK_BUDGET = 0.01  # the asks may cost at most this share of a step,
 MAX_NOTICE_DELAY_S = 5.0  # ... and a notice is seen within this long (AWS notifies 120 s ahead)
-CALIBRATION_STEPS = 8  # steps asked at every step before ``every`` is chosen
+CALIBRATION_STEPS = 8  # steps asked at every step before ``every`` is first chosen;
+RECALIBRATION_STEPS = 100  # chosen again here, from steps past the warm-up
 CHECKPOINT_SAFETY = 3.0  # the checkpoint starts this many measured checkpoint times early,
 RESERVE_S = 5.0  # and at least this long before the deadline (a slow upload, a busy node)
 FIRST_CHECKPOINT_GUESS_S = 10.0  # a checkpoint's time before one was measured
-TEARDOWN_WAIT_S = 60.0  # past the deadline, a group still alive was not taken: go on
+WAIT_POLL_S = 1.0
 
 
 @dataclass
@@ -57,13 +59,15 @@ class PreemptionWatch:
     after which the loop must write its preemption checkpoint. ``ask`` is
     ``ray.train.get_preemption_info`` (a test passes its own)."""
 
-    def __init__(self, rank: int, distributed: bool, *,
+    def __init__(self, rank: int, distributed: bool, *, device: torch.device | None = None,
                  ask: Callable[[], object | None] | None = None,
                  clock: Callable[[], float] = time.time,
                  on_notice: Callable[[Notice], None] | None = None):
         import ray.train
 
         self.rank, self.distributed = rank, distributed
+        # the broadcasts go through the run's process group: nccl takes CUDA tensors only
+        self.device = device or torch.device("cpu")
         self.ask = ask or ray.train.get_preemption_info
         self.clock = clock
         self.on_notice = on_notice  # called (by every rank) when a notice is first seen
@@ -71,16 +75,18 @@ class PreemptionWatch:
         self.steps = 0
         self.ask_seconds = 0.0  # summed over the calibration asks
         self.asks = 0
-        self._step_sum, self._timed_steps = 0.0, 0  # steps 2.. of the calibration
+        self._step_sum, self._timed_steps = 0.0, 0  # the steps timed for ``every``
         self.checkpoint_seconds = FIRST_CHECKPOINT_GUESS_S
         self.notice: Notice | None = None
-        self.answered: set = set()  # deadlines already answered with a checkpoint
+        self.notices = 0  # notices seen by this group
 
     def after_step(self, step_time: float, global_step: int = 0) -> bool:
         """After every step (``step_time`` seconds long; the run's ``global_step`` steps
         done), on every rank."""
         self.steps += 1
-        if 1 < self.steps <= CALIBRATION_STEPS:  # the first step holds the warm-up
+        if self.steps == CALIBRATION_STEPS + 1:  # time the steps past the warm-up only
+            self._step_sum, self._timed_steps = 0.0, 0
+        if self.steps > 1:  # the first step holds the warm-up
             self._step_sum += step_time
             self._timed_steps += 1
         if self.notice is not None:
@@ -89,9 +95,9 @@ class PreemptionWatch:
         if self.steps % self.every:
             return False
         info = self._timed_ask()
-        if self.steps == CALIBRATION_STEPS:
+        if self.steps in (CALIBRATION_STEPS, RECALIBRATION_STEPS):
             self._choose_every()
-        if info is None or _key(info) in self.answered:
+        if info is None:
             return False
         self.notice = self._plan(info)
         self._seen(global_step)
@@ -101,7 +107,7 @@ class PreemptionWatch:
         """Between epochs (every rank, after the epoch's checkpoint): True when a notice
         is pending, which that checkpoint already answers."""
         info = self._timed_ask()
-        if info is None or _key(info) in self.answered:
+        if info is None:
             return False
         if self.notice is None or self.notice.deadline != _deadline(info):
             self.notice = Notice(_deadline(info), *_where(info), steps_left=0)
@@ -109,35 +115,28 @@ class PreemptionWatch:
         return True
 
     def _seen(self, global_step: int) -> None:
+        self.notices += 1
         self.notice.seen_at_step = global_step
         if self.on_notice is not None:
             self.on_notice(self.notice)
-
-    def saved(self, seconds: float | None = None) -> Notice:
-        """The checkpoint for the current notice is written (in ``seconds``, on rank 0)."""
-        notice = self.notice
-        assert notice is not None
-        self.answered.add(notice.deadline)
-        self.notice = None
-        if seconds is not None:
-            self.timed_checkpoint(seconds)
-        return notice
 
     def timed_checkpoint(self, seconds: float) -> None:
         """A checkpoint took ``seconds`` (rank 0 measures its own; others keep the guess,
         only rank 0's counts: it decides and broadcasts)."""
         self.checkpoint_seconds = seconds
 
-    def wait_for_teardown(self, notice: Notice) -> None:
-        """Take no further step: Ray Train ends this group at the deadline. A group still
-        alive well past it was not taken (the drain was cancelled): the loop goes on."""
-        deadline = notice.deadline or self.clock()
-        while self.clock() < deadline + TEARDOWN_WAIT_S:
-            time.sleep(0.5)
+    @staticmethod
+    def wait_for_teardown() -> NoReturn:
+        """Take no further step: Ray Train ends this group at the deadline (without one, 120
+        s after it saw the drain) and starts a new one. Ray 2.60 keeps a notice once given,
+        also when the drain is cancelled (``controller.py``: the preempting state ends only
+        in a restart), so the group never trains on after it."""
+        while True:
+            time.sleep(WAIT_POLL_S)
 
     @property
     def step_seconds(self) -> float | None:
-        """A step's time, from the calibration steps (so far)."""
+        """A step's time: the mean of the steps timed so far (past the warm-up)."""
         return self._step_sum / self._timed_steps if self._timed_steps else None
 
     # --- decisions every rank agrees on ----------------------------------------------
@@ -155,7 +154,7 @@ class PreemptionWatch:
         ask = self.ask_seconds / max(1, self.asks)
         cheap = math.ceil(ask / (CHECK_BUDGET * max(self.step_seconds, 1e-6)))
         prompt = max(1, math.floor(MAX_NOTICE_DELAY_S / max(self.step_seconds, 1e-6)))
-        self.every = int(_from_rank0(max(1, min(cheap, prompt)), self.distributed))
+        self.every = self._from_rank0(max(1, min(cheap, prompt)))
 
     def _plan(self, info) -> Notice:
         """How many more steps fit before the checkpoint must start: the time to the
@@ -168,7 +167,15 @@ class PreemptionWatch:
             spare = deadline - self.clock() - reserve
             steps_left = max(0, math.floor(spare / self.step_seconds))
         return Notice(deadline, *_where(info),
-                      steps_left=int(_from_rank0(steps_left, self.distributed)))
+                      steps_left=self._from_rank0(steps_left))
+
+    def _from_rank0(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank (the same decision everywhere)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
 
 
 def _deadline(info) -> float | None:
@@ -177,18 +184,6 @@ def _deadline(info) -> float | None:
 
 def _where(info) -> tuple[list[str], list[int]]:
     return list(info.preempted_node_ids), list(info.preempted_ranks)
-
-
-def _key(info):
-    return _deadline(info)
-
-
-def _from_rank0(value: int, distributed: bool) -> int:
-    if not distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.int64)
-    dist.broadcast(tensor, src=0)
-    return int(tensor.item())
 
 
 # --- the record of notices (rank 0) ---------------------------------------------------
@@ -217,53 +212,60 @@ def record_notice(run_folder: str, notice: Notice, *, steps_per_epoch: int) -> N
     """A notice seen after ``notice.seen_at_step`` steps of the run."""
     entry = {"notice_seen": _now_iso(), "deadline": _iso(notice.deadline),
              "nodes": notice.nodes, "ranks": notice.ranks,
-             "epoch": notice.seen_at_step // steps_per_epoch + 1,
+             "epoch": max(0, notice.seen_at_step - 1) // steps_per_epoch + 1,
              "notice_step": notice.seen_at_step}
     _write_record(run_folder, [*read_record(run_folder), entry])
 
 
-def record_checkpoint(run_folder: str, *, step: int, seconds: float | None) -> dict:
-    """The notice answered with a checkpoint at global ``step``, written in ``seconds``."""
+def record_checkpoint(run_folder: str, *, step: int, seconds: float | None) -> None:
+    """The notices not yet answered (a second one can come before the first is: another
+    node) answered with a checkpoint at global ``step``, written in ``seconds``."""
+    _complete(run_folder, "step_checkpointed",
+              {"step_checkpointed": step,
+               "checkpoint_seconds": round(seconds, 2) if seconds is not None else None})
+
+
+def record_finished(run_folder: str, step: int) -> None:
+    """The run ended (its last checkpoint at global ``step``) before a notice's deadline:
+    nothing is redone."""
+    _complete(run_folder, "steps_redone",
+              {"step_checkpointed": step, "steps_redone": 0,
+               "finished_before_deadline": True})
+
+
+def _complete(run_folder: str, missing: str, values: dict) -> list[dict]:
+    """Entries that lack ``missing`` get ``values``; returns them."""
     entries = read_record(run_folder)
-    entries[-1] |= {"step_checkpointed": step,
-                    "checkpoint_seconds": round(seconds, 2) if seconds is not None else None}
-    _write_record(run_folder, entries)
-    return entries[-1]
+    done = [entry for entry in entries if missing not in entry]
+    for entry in done:
+        entry |= {k: v for k, v in values.items() if k not in entry}
+    if done:
+        _write_record(run_folder, entries)
+    return done
 
 
-def record_resume(run_folder: str, resumed_step: int) -> dict | None:
-    """A group starting from a checkpoint at global ``resumed_step``: the notice whose
+def record_resume(run_folder: str, resumed_step: int) -> list[dict]:
+    """A group starting from a checkpoint at global ``resumed_step``: each notice whose
     group ended before it gets ``resumed_from_step`` and ``steps_redone`` (the steps the
     ended group trained past the checkpoint, trained again now; a lower bound when the
-    deadline came before the checkpoint). None when no notice
-    waits for its resume."""
+    deadline came before the checkpoint). Returns those entries."""
     entries = read_record(run_folder)
-    if not entries or "steps_redone" in entries[-1]:
-        return None
-    entry = entries[-1]
-    # without a checkpoint (the deadline came first) the group trained at least to the
-    # notice: the steps redone are then at least those
-    reached = entry.get("step_checkpointed", entry["notice_step"])
-    entry |= {"resumed_from_step": resumed_step,
-              "steps_redone": max(0, reached - resumed_step),
-              "resumed": _now_iso()}
-    _write_record(run_folder, entries)
-    return entry
-
-
-def record_not_taken(run_folder: str) -> None:
-    """The group outlived its deadline: nothing was redone."""
-    entries = read_record(run_folder)
-    if entries and "steps_redone" not in entries[-1]:
-        entries[-1] |= {"steps_redone": 0, "restarted": False}
+    waiting = [entry for entry in entries if "steps_redone" not in entry]
+    for entry in waiting:
+        # without a checkpoint the group trained at least to the notice
+        reached = entry.get("step_checkpointed", entry["notice_step"])
+        entry |= {"resumed_from_step": resumed_step,
+                  "steps_redone": max(0, reached - resumed_step), "resumed": _now_iso()}
+    if waiting:
         _write_record(run_folder, entries)
+    return waiting
 
 
 def handled_line(run_name: str, entry: dict) -> str:
     """One line for a notice the run answered: where it saved, what it redid."""
-    if entry.get("restarted") is False:
+    if entry.get("finished_before_deadline"):
         return (f"{run_name}: preemption notice at global step {entry['notice_step']}; the "
-                "node was not taken and the run went on")
+                "run finished before the deadline")
     saved = entry.get("step_checkpointed")
     where = (f"saved global step {saved}" if saved is not None else
              "the deadline came before a checkpoint")

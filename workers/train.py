@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import ray.train
 import ray.train.torch
@@ -128,23 +129,21 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
     state = restore(model, optimizer)
     where = storage.join(cfg.storage_path, cfg.run_name)  # the run folder
     per_epoch = sampler_steps(len(trained["train"].labels), cfg.batch_size)
-    watch = PreemptionWatch(ctx.rank, ctx.distributed, on_notice=(
+    watch = PreemptionWatch(ctx.rank, ctx.distributed, device=ctx.device, on_notice=(
         (lambda notice: preemption.record_notice(where, notice, steps_per_epoch=per_epoch))
         if ctx.rank == 0 else None))
-    if state.epoch or state.so_far:
-        _resumed(where, state, ctx, per_epoch)
+    if (state.epoch or state.so_far) and ctx.rank == 0:
+        preemption.record_resume(where, state.so_far.global_step if state.so_far else
+                                 state.epoch * per_epoch)  # the driver says it at the end
 
-    epoch, fresh = state.epoch, True
-    while epoch < cfg.epochs:
-        _seed_dropout(cfg, epoch, ctx, state.so_far if fresh else None)
-        fresh = False
+    for epoch in range(state.epoch, cfg.epochs):
+        _seed_dropout(cfg, epoch, ctx, state.so_far)
         result = train_epoch(ddp_model, optimizer, trained["train"], cfg, epoch, ctx,
                              step=step or train_step, so_far=state.so_far,
                              watch=watch if watch_preemption else None)
         if isinstance(result, EpochSoFar):  # a preemption notice: save this step, stop
             state.so_far = result
             save_on_notice(model, optimizer, state, ctx, watch, where)
-            continue  # only when the group outlived its deadline
         state.so_far = None
         val = evaluate(model, trained["validation"], ctx)
         metrics = {"epoch": epoch + 1, **result, "world_size": ctx.world_size,
@@ -160,9 +159,10 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
         started = time.perf_counter()
         report(metrics, model, optimizer, state, ctx)
         watch.timed_checkpoint(time.perf_counter() - started)
-        epoch += 1
-        if watch_preemption and epoch < cfg.epochs and watch.ask_now(epoch * per_epoch):
+        if watch_preemption and epoch + 1 < cfg.epochs and watch.ask_now(state.epoch * per_epoch):
             _wait_on_notice(state, ctx, watch, where, per_epoch)  # answered by that report
+    if watch.notices and ctx.rank == 0:  # a notice whose deadline the run outlasted
+        preemption.record_finished(where, cfg.epochs * per_epoch)
 
 
 # --- set-up --------------------------------------------------------------------------
@@ -590,7 +590,7 @@ def _prefixed(prefix: str, values: dict) -> dict:
 
 
 def save_on_notice(model, optimizer, state: TrainState, ctx: RankContext,
-                   watch: PreemptionWatch, where: str) -> None:
+                   watch: PreemptionWatch, where: str) -> NoReturn:
     """Write the checkpoint of this step (rank 0), tell the driver in one report, and take
     no further step on this group (``PreemptionWatch.wait_for_teardown``)."""
     notice = watch.notice
@@ -599,34 +599,18 @@ def save_on_notice(model, optimizer, state: TrainState, ctx: RankContext,
                                 "global_step": state.so_far.global_step,
                                 "deadline": notice.deadline, "nodes": notice.nodes}},
            model, optimizer, state, ctx)
-    seconds = time.perf_counter() - started
     if ctx.rank == 0:
-        preemption.record_checkpoint(where, step=state.so_far.global_step, seconds=seconds)
-    _outlive(watch.saved(seconds), ctx, watch, where)
+        preemption.record_checkpoint(where, step=state.so_far.global_step,
+                                     seconds=time.perf_counter() - started)
+    watch.wait_for_teardown()
 
 
 def _wait_on_notice(state: TrainState, ctx: RankContext, watch: PreemptionWatch, where: str,
-                    per_epoch: int) -> None:
+                    per_epoch: int) -> NoReturn:
     """A notice seen right after an epoch's checkpoint: that checkpoint answers it."""
     if ctx.rank == 0:
         preemption.record_checkpoint(where, step=state.epoch * per_epoch, seconds=None)
-    _outlive(watch.saved(), ctx, watch, where)
-
-
-def _outlive(notice, ctx: RankContext, watch: PreemptionWatch, where: str) -> None:
-    watch.wait_for_teardown(notice)
-    # still alive well past the deadline: the node was not taken, and nothing is redone
-    if ctx.rank == 0:
-        preemption.record_not_taken(where)
-
-
-def _resumed(where: str, state: TrainState, ctx: RankContext, per_epoch: int) -> None:
-    """A group starting from a checkpoint: rank 0 completes the record of the notice whose
-    group ended (how many steps are trained again)."""
-    if ctx.rank != 0:
-        return
-    step = state.so_far.global_step if state.so_far else state.epoch * per_epoch
-    preemption.record_resume(where, step)  # the driver reports it when the launch ends
+    watch.wait_for_teardown()
 
 
 def report(metrics: dict, model, optimizer, state: TrainState, ctx: RankContext) -> None:
