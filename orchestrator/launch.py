@@ -164,6 +164,8 @@ def launch(cfg: RunConfig, *, loop: Callable[[dict], None] = train_loop_per_work
                         history = checkpoint_history(_fit(trainer, cfg, location).checkpoint)
         except KeyboardInterrupt as stop:  # Ctrl-C before Ray Train's own handler is in place
             raise RunInterrupted(cfg, len(run_history(location))) from stop
+        finally:  # a failed or interrupted launch's notices too (still under the lease)
+            _record_preemptions(location)
         if not finished:
             _record_duration(location, time.monotonic() - began, len(history))
     return _summary(owner if finished else cfg, location, history, already_finished=finished,
@@ -291,18 +293,31 @@ def _check_same_run(saved: RunConfig, cfg: RunConfig, location: str, *,
 
 def _record_duration(location: str, seconds: float, epochs_done: int) -> None:
     """How long this launch took, start to end, and where it left the run: what a sweep's
-    time estimate reads from earlier runs (``orchestrator.estimate``). The notices the
-    workers answered (``workers.preemption``) join the record too."""
+    time estimate reads from earlier runs (``orchestrator.estimate``)."""
     record_path = storage.join(location, RECORD_FILE)
     record = storage.read_json(record_path)
     record["launches"][-1] |= {"seconds": round(seconds, 1), "epochs_done_after": epochs_done}
-    preemptions = preemption.read_record(location)
-    new = preemptions[len(record.get("preemptions", [])):]
-    if preemptions:
-        record["preemptions"] = preemptions
     storage.write_json(record_path, record)
-    for entry in new:
-        log.info(preemption.handled_line(record["run_name"], entry))
+
+
+def _record_preemptions(location: str) -> None:
+    """The notices the workers answered (``workers.preemption``) into the run record, and
+    one line for each that is complete now and was not before."""
+    try:
+        preemptions = preemption.read_record(location)
+        record_path = storage.join(location, RECORD_FILE)
+        if not preemptions or not storage.exists(record_path):
+            return
+    except OSError as err:  # the storage failed the launch already: say, do not hide it
+        log.warning(f"could not read the run's {preemption.PREEMPTIONS_FILE}: {err}")
+        return
+    record = storage.read_json(record_path)
+    before = record.get("preemptions", [])
+    record["preemptions"] = preemptions
+    storage.write_json(record_path, record)
+    for i, entry in enumerate(preemptions):
+        if "steps_redone" in entry and (i >= len(before) or "steps_redone" not in before[i]):
+            log.info(preemption.handled_line(record["run_name"], entry))
 
 
 def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:
@@ -381,7 +396,9 @@ class ForwardMetrics(ray.train.UserCallback):
         # Ray logs a traceback when it shuts down a worker group whose node is gone (a
         # preemption it then handles, or a failure the run reports itself): noise on the
         # terminal, kept in the controller's log file. Set here: this runs in the
-        # controller, before any restart.
+        # controller, before any restart. The logger's name is Ray's module path (not a
+        # public API): if it moves, the traceback is back, nothing else changes
+        # (tests/test_preemption_ray.py looks for it).
         logging.getLogger(RAY_GROUP_SHUTDOWN_LOGGER).setLevel(logging.ERROR)
         self.queue.put(metrics[0])
 
@@ -410,7 +427,8 @@ def _progress_printer(cfg: RunConfig, enabled: bool, send: Callable[[dict], None
                     return
                 continue
             if PREEMPTION_REPORT in metrics:  # not an epoch: one line, no tracker
-                progress.info(preemption_line(cfg.run_name, metrics[PREEMPTION_REPORT]))
+                if enabled:
+                    progress.info(preemption_line(cfg.run_name, metrics[PREEMPTION_REPORT]))
                 continue
             if enabled:
                 progress.info(epoch_line(cfg.run_name, cfg.epochs, metrics))

@@ -147,7 +147,7 @@ def test_the_fallback_and_the_failure_are_one_line_each():
     one = [("ck3", ["state.pt: 1.2 MB of 4.8 MB, checksum differs"])]
     assert checkpoints.fallback_line(one, "ck2", 2) == (
         "checkpoint ck3 is damaged (state.pt: 1.2 MB of 4.8 MB, checksum differs); "
-        "resuming from ck2 (epoch 2)")
+        "resuming from ck2 (after epoch 2)")
     two = [*one, ("ck2", ["state.pt: checksum differs", "history.json missing"])]
     line = checkpoints.none_intact_line(two)
     assert line.startswith(
@@ -244,7 +244,7 @@ def test_a_damaged_checkpoint_does_not_end_a_run(ray_local, small_prepared, tmp_
     said = [line for line in resumed.stderr.splitlines() if latest.name in line]
     assert said == [f"dotsim: checkpoint {latest.name} is damaged (state.pt: "
                     f"{now / 1e3:.1f} kB of {was / 1e3:.1f} kB, checksum differs); "
-                    f"resuming from {older.name} (epoch 1)"]
+                    f"resuming from {older.name} (after epoch 1)"]
     launches = json.loads((run / RECORD_FILE).read_text())["launches"]
     assert launches[-1]["epochs_done_before"] == 1
     history = json.loads(resumed.stdout)["history"]

@@ -76,7 +76,7 @@ def test_run_key_covers_what_changes_results_only():
     # where files go and how fast it runs do not
     for change in ({"storage_path": "/s"}, {"run_name": "x"}, {"cpus_per_worker": 0.5},
                    {"threads_per_worker": 2}, {"checkpoints_to_keep": 5}, {"max_failures": 3},
-                   {"extra": {"study": "x"}}):
+                   {"max_preemptions": 2}, {"extra": {"study": "x"}}):
         assert base.replace(**change).run_key() == base.run_key(), change
     assert base.default_run_name() == f"dot-minmax-global-seed0-{base.run_key()}"
 

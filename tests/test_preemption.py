@@ -302,3 +302,18 @@ def test_an_epoch_saved_on_two_ranks_resumes_exactly_on_one(small_prepared, gloo
                 "skipped_steps", "lr"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-4), key
     assert saved["so_far"].steps == 4
+
+
+def test_preemptions_have_their_own_limit_apart_from_failures(small_prepared, tmp_path):
+    from tiny import tiny_config
+
+    from orchestrator.launch import make_trainer
+    from workers.errors import InputError
+
+    cfg = tiny_config(small_prepared, tmp_path, run_name="r", max_failures=0)
+    failure = make_trainer(cfg).run_config.failure_config
+    assert (failure.max_failures, failure.max_preemption_failures) == (0, -1)  # unlimited
+    failure = make_trainer(cfg.replace(max_preemptions=3)).run_config.failure_config
+    assert failure.max_preemption_failures == 3
+    with pytest.raises(InputError, match="max_preemptions must be >= 0, or -1"):
+        cfg.replace(max_preemptions=-2)

@@ -177,8 +177,8 @@ def read_newest_intact(latest: ray.train.Checkpoint, *,
 
 def fallback_line(damaged: list[tuple[str, list[str]]], name: str, epochs: int) -> str:
     """"checkpoint X is damaged (state.pt: 1.2 MB of 4.8 MB, checksum differs); resuming
-    from Y (epoch 2)": what a resume or a restarted group says when it falls back."""
-    return f"{_damaged_phrase(damaged)}; resuming from {name} (epoch {epochs})"
+    from Y (after epoch 2)": what a resume or a restarted group says when it falls back."""
+    return f"{_damaged_phrase(damaged)}; resuming from {name} (after epoch {epochs})"
 
 
 def none_intact_line(damaged: list[tuple[str, list[str]]]) -> str:

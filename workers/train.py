@@ -172,7 +172,8 @@ def _quiet_ray_report_lines() -> None:
     """Ray 2.60 logs every ``ray.train.report`` of every rank at INFO under a logger named
     by its source file, outside ``ray.train``, where ``LoggingConfig``'s level does not
     reach: a cluster's terminal (worker logs forwarded) fills with them. Hold those
-    loggers to warnings."""
+    loggers to warnings. (Their names are Ray's file paths, not an API: if they change,
+    the lines are back and nothing else changes; tests/test_preemption_ray.py looks.)"""
     for name in list(logging.root.manager.loggerDict):
         if name.endswith(".py") and "/ray/train/" in name:
             logging.getLogger(name).setLevel(logging.WARNING)
