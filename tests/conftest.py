@@ -124,3 +124,24 @@ def ray_local(tmp_path_factory, s3_endpoint):
     yield ray
     ray.shutdown()
     _restore(saved)
+
+
+@pytest.fixture
+def said():
+    """The messages of the ``dotsim`` logger during the test (the CLI, once it has run in
+    this process, keeps them from propagating to pytest's own capture)."""
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("dotsim"), Collect(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)

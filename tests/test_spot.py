@@ -40,27 +40,6 @@ def imds():
     server.close()
 
 
-@pytest.fixture
-def said():
-    """The watcher's log lines during the test (the CLI, once it has run in this process,
-    keeps the ``dotsim`` logger from propagating to pytest's capture)."""
-    import logging
-
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger, handler = logging.getLogger("dotsim.spot"), Collect(logging.INFO)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 class Drains:
     """The drain step, recorded: (notice, seconds left) per call; ``fail`` calls raise."""
 

@@ -46,25 +46,6 @@ BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-pw"
 
 
-@pytest.fixture
-def said():
-    """The messages of the ``dotsim`` logger during the test (the CLI, once it has run in
-    this process, keeps them from propagating to pytest's own capture)."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger, handler = logging.getLogger("dotsim"), Collect(logging.INFO)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def _record(cfg: RunConfig) -> dict:
     """A run record as launch.bind_run writes it."""
     return {"run_name": cfg.run_name, "run_key": cfg.run_key(), "config": cfg.to_dict(),
