@@ -49,12 +49,22 @@ def test_asks_every_step_until_calibrated_then_every_k_within_the_budget():
     watch, calls = watch_with(lambda: None, ask_seconds=0.002)
     calibrate(watch, step_seconds=0.01)
     assert len(calls) == CALIBRATION_STEPS
-    # an ask of >= 2 ms against a 10 ms step: at most 1% means every >= 20 steps, and a
+    # an ask of >= 2 ms against a 10 ms step: at most 0.8% means every >= 25 steps, and a
     # notice is still seen within MAX_NOTICE_DELAY_S (500 steps)
     assert 20 <= watch.every <= 500
     for _ in range(10 * watch.every):
         watch.after_step(0.01)
     assert len(calls) == CALIBRATION_STEPS + 10
+
+
+def test_every_is_chosen_again_from_the_steps_past_the_warm_up():
+    watch, calls = watch_with(lambda: None, ask_seconds=0.002)
+    calibrate(watch, step_seconds=0.01)  # warm-up steps: short next to the ask
+    first = watch.every
+    assert first >= 25  # >= 2 ms against 10 ms at 0.8%
+    for _ in range(preemption.RECALIBRATION_STEPS - CALIBRATION_STEPS):
+        watch.after_step(0.5)
+    assert watch.every <= 10 < first  # the same ask against 0.5 s steps
 
 
 def test_a_cheap_ask_against_a_slow_step_is_made_every_step():

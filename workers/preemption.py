@@ -94,10 +94,12 @@ class PreemptionWatch:
         if self.notice is not None:
             self.notice.steps_left -= 1
             return self.notice.steps_left <= 0
+        if self.steps == RECALIBRATION_STEPS:  # every rank at this step: it broadcasts
+            self._choose_every()
         if self.steps % self.every:
             return False
         info = self._timed_ask()
-        if self.steps in (CALIBRATION_STEPS, RECALIBRATION_STEPS):
+        if self.steps == CALIBRATION_STEPS:  # asked at every step so far
             self._choose_every()
         if info is None:
             return False
