@@ -101,7 +101,7 @@ def _overhead_loop(data: str, rounds: int, out: str, _config) -> None:
     model = ray.train.torch.prepare_model(build_model(cfg, prepared.meta,
                                                       classes=len(prepared.labels)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    watch = PreemptionWatch(ctx.rank, ctx.distributed)
+    watch = PreemptionWatch(ctx.distributed)
     steps = steps_per_epoch(len(train.labels), cfg.batch_size)
     times = {"plain": [], "watched": []}
     train_epoch(model, optimizer, train, cfg, 0, ctx)  # warm-up

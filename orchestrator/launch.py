@@ -10,11 +10,11 @@ weights. A finished run is not trained again: its results are returned as they a
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +30,8 @@ from orchestrator.plan import check_address, concurrency, local_cpus, located
 from orchestrator.progress import epoch_line, preemption_line
 from orchestrator.results import RECORD_FILE
 from orchestrator.versions import code_version, package_versions
-from workers import checkpoints, lease, preemption, storage
+from workers import checkpoints, lease, phases, preemption, storage
+from workers.clock import utc_iso
 from workers.config import RunConfig
 from workers.errors import InputError, Interrupted
 from workers.metrics import HISTORY_FILE, PREEMPTION_REPORT, is_finished
@@ -46,6 +47,11 @@ progress = logging.getLogger("dotsim.progress")
 # fixed cluster the resources are checked before anything starts, so it costs nothing.
 START_TIMEOUT_S = 1800
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train reads it
+# Ray Train's controller collects the workers' reports and sees their end when it polls
+# them, every 2 s by default: a run's last epoch reached it up to 2 s late, and a sweep
+# pays that per trial. A poll is one small actor call per worker.
+POLL_INTERVAL_S = 0.5
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train reads it
 
 
 # --- Ray connection ------------------------------------------------------------------
@@ -88,19 +94,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
 
 
 @contextlib.contextmanager
-def start_timeout():
-    """The worker-group start timeout for the Train run fitted inside: Ray Train hands the
-    fitting process's value to its controller, which waits that long to place the workers
-    (a Tune trial fits in its own process, and gets the same). A value the user set stays;
-    the process's environment is as it was afterwards."""
-    if START_TIMEOUT_ENV in os.environ:
-        yield
-        return
-    os.environ[START_TIMEOUT_ENV] = str(START_TIMEOUT_S)
+def ray_train_settings():
+    """The worker-group start timeout and the controller's poll interval for the Train run
+    fitted inside: Ray Train hands the fitting process's values of its environment
+    variables to its controller (a Tune trial fits in its own process, and gets the same).
+    A value the user set stays; the process's environment is as it was afterwards."""
+    ours = {name: str(value) for name, value in
+            ((START_TIMEOUT_ENV, START_TIMEOUT_S), (POLL_INTERVAL_ENV, POLL_INTERVAL_S))
+            if name not in os.environ}
+    os.environ.update(ours)
     try:
         yield
     finally:
-        os.environ.pop(START_TIMEOUT_ENV, None)
+        for name in ours:
+            os.environ.pop(name, None)
 
 
 # --- one run -------------------------------------------------------------------------
@@ -217,12 +224,14 @@ def _fit(trainer: TorchTrainer, cfg: RunConfig, location: str) -> ray.train.Resu
     outlives the run, so the previous one is put back."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
+    phases.mark("fit start")
     try:
-        with start_timeout():
+        with ray_train_settings():
             return trainer.fit()
     except SystemExit as stop:  # raised only by Ray Train's SIGINT handler
         raise RunInterrupted(cfg, len(run_history(location))) from stop
     finally:
+        phases.mark("fit end")
         if main:
             signal.signal(signal.SIGINT, previous)
 
@@ -321,8 +330,10 @@ def _record_preemptions(location: str) -> None:
 
 
 def _launch_facts(cfg: RunConfig, *, epochs_done: int) -> dict:
-    """What a launch ran on: when, which code and packages, which cluster."""
-    return {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    """What a launch ran on: when, from which process (the host and pid its lease names),
+    which code and packages, which cluster."""
+    return {"started": utc_iso(),
+            "host": socket.gethostname(), "pid": os.getpid(),
             "epochs_done_before": epochs_done, "workers": cfg.workers,
             "code_version": code_version(), "packages": package_versions(),
             "cluster_resources": ray.cluster_resources() if ray.is_initialized() else {}}

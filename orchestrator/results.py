@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.variants import grid_point
 from workers import storage
+from workers.clock import utc_iso
 from workers.config import RunConfig
 from workers.errors import InputError
 from workers.metrics import FSKIL_DETAIL
@@ -58,10 +59,6 @@ def sweep_base(sweep_dir: str) -> RunConfig:
     return RunConfig.from_dict(read_definition(sweep_dir)["base"])
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 def session_started(sweep_dir: str, estimate: dict | None = None) -> None:
     """A driver starts (or resumes) the sweep: a new session in timing.json; the first
     one keeps the estimate printed at the start."""
@@ -69,14 +66,14 @@ def session_started(sweep_dir: str, estimate: dict | None = None) -> None:
     timing = storage.read_json(path) if storage.exists(path) else {"sessions": []}
     if estimate is not None:
         timing["estimate"] = {k: v for k, v in estimate.items() if k != "lines"}
-    timing["sessions"].append({"started": _now(), "ended": None})
+    timing["sessions"].append({"started": utc_iso(), "ended": None})
     storage.write_json(path, timing)
 
 
 def session_ended(sweep_dir: str) -> None:
     path = storage.join(sweep_dir, TIMING_FILE)
     timing = storage.read_json(path)
-    timing["sessions"][-1]["ended"] = _now()
+    timing["sessions"][-1]["ended"] = utc_iso()
     storage.write_json(path, timing)
 
 

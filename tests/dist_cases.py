@@ -127,3 +127,42 @@ def outside_group(rank, world_size, case):
         return str(err)
     loss.backward()
     return loss.detach(), emb.grad, emb.detach(), rec
+
+
+
+def final_evaluation_case(rank, world_size, data, ranks):
+    """``final_evaluation`` of a tiny untrained FSKIL model as rank ``rank`` of a run on
+    ``ranks`` workers (1: alone, the group unused). Returns (metrics, detail, the parts
+    this rank computed itself)."""
+    import workers.train as wt
+    from workers.config import RunConfig
+    from workers.data import load_prepared
+
+    cfg = RunConfig(data=data, protocol="fskil", preset="tiny", batch_size=32,
+                    clips_per_class=2, workers=ranks, shots=3, episodes=2)
+    data = load_prepared(cfg.data)
+    words = wt.Words(cfg, data.labels, data.splits["train"].labels)
+    normalise = wt.FeatureNorm.fit(words.trained(data.splits["train"]))
+    splits = {name: normalise(split, torch.device("cpu")) for name, split in data.splits.items()}
+    trained = {name: words.trained(split) for name, split in splits.items()}
+    torch.manual_seed(0)
+    model = wt.build_model(cfg, data.meta, classes=words.classes)
+    state = wt.TrainState(best_model=model.state_dict(), best_epoch=1)
+    # one chunk size for both runs: the parts are then computed exactly alike
+    ctx = wt.RankContext(rank if ranks > 1 else 0, ranks, torch.device("cpu"), eval_batch=16)
+    computed, originals = [], {}
+    for name in ("probe_accuracies", "fskil_evaluation"):
+        originals[name] = getattr(wt, name)
+
+        def counted(*args, _name=name):
+            computed.append(_name)
+            return originals[_name](*args)
+
+        setattr(wt, name, counted)
+    try:
+        metrics, detail = wt.final_evaluation(model, state, splits, trained, words, ctx,
+                                              normalise)
+    finally:
+        for name, original in originals.items():
+            setattr(wt, name, original)
+    return metrics, detail, computed

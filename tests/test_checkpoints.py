@@ -4,6 +4,7 @@ then one real run whose newest checkpoint is damaged, end to end."""
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,29 @@ def test_a_flipped_byte_is_damage_of_the_same_size(tmp_path):
     folder = _written(tmp_path / "c")
     _flip_byte(folder / CHECKPOINT_FILE)
     assert _problems(folder) == ["state.pt: checksum differs"]
+
+
+def test_a_file_is_read_for_its_checksum_once_until_it_changes(tmp_path, monkeypatch):
+    """A sweep's end and its report check every run's newest checkpoint: an unchanged file
+    (same size and modification time) is not read again; a changed one is, and its
+    damage is found even when its size stayed."""
+    folder = _written(tmp_path / "c")
+    reads = []
+    real = checkpoints._sha256
+    monkeypatch.setattr(checkpoints, "_sha256", lambda fs, path: reads.append(path) or
+                        real(fs, path))
+    fs = pafs.LocalFileSystem()
+    assert checkpoints.damage(fs, str(folder)) == []
+    first = len(reads)
+    assert first >= 2  # every file of the manifest
+    assert checkpoints.damage(fs, str(folder)) == [] and len(reads) == first
+    _flip_byte(folder / CHECKPOINT_FILE)
+    # changed later: a file's time has the kernel's tick as its grain, and this test is
+    # quicker than a tick
+    stat = (folder / CHECKPOINT_FILE).stat()
+    os.utime(folder / CHECKPOINT_FILE, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert checkpoints.damage(fs, str(folder)) == ["state.pt: checksum differs"]
+    assert reads[first:] == [str(folder / CHECKPOINT_FILE)]
 
 
 def test_missing_files_and_an_unreadable_manifest_are_damage(tmp_path):

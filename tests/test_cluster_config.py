@@ -231,27 +231,42 @@ def test_single_file_mounts_are_not_filtered_out(tmp_path, rsync_options):
         assert (tmp_path / f"{name}.copy").read_text() == "x"
 
 
-def test_the_start_timeout_is_the_variable_ray_train_reads():
-    from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+def test_the_train_settings_are_variables_ray_train_reads_and_hands_to_its_controller():
+    from ray.train.v2._internal.constants import (
+        ENV_VARS_TO_PROPAGATE,
+        HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+        WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+    )
 
-    from orchestrator.launch import START_TIMEOUT_ENV, START_TIMEOUT_S
+    from orchestrator.launch import (
+        POLL_INTERVAL_ENV,
+        POLL_INTERVAL_S,
+        START_TIMEOUT_ENV,
+        START_TIMEOUT_S,
+    )
 
     assert START_TIMEOUT_ENV == WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+    assert POLL_INTERVAL_ENV == HEALTH_CHECK_INTERVAL_S_ENV_VAR
+    # set in the fitting process, they reach the controller, which reads them
+    assert {START_TIMEOUT_ENV, POLL_INTERVAL_ENV} <= ENV_VARS_TO_PROPAGATE
     assert START_TIMEOUT_S >= 600  # a GPU node boots, pulls the image, installs torch
+    assert 0 < POLL_INTERVAL_S < 2  # Ray's default, 2 s, is what a trial's end waited
 
 
-def test_the_start_timeout_is_set_while_a_run_is_fitted_and_a_users_value_stays(
-        monkeypatch):
-    from orchestrator.launch import START_TIMEOUT_ENV, START_TIMEOUT_S, start_timeout
+@pytest.mark.parametrize("name", ["START_TIMEOUT", "POLL_INTERVAL"])
+def test_a_train_setting_is_set_while_a_run_is_fitted_and_a_users_value_stays(
+        monkeypatch, name):
+    from orchestrator import launch
 
-    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
-    with start_timeout():
-        assert os.environ[START_TIMEOUT_ENV] == str(START_TIMEOUT_S)
-    assert START_TIMEOUT_ENV not in os.environ
-    monkeypatch.setenv(START_TIMEOUT_ENV, "77")
-    with start_timeout():
-        assert os.environ[START_TIMEOUT_ENV] == "77"
-    assert os.environ[START_TIMEOUT_ENV] == "77"
+    variable, ours = getattr(launch, f"{name}_ENV"), getattr(launch, f"{name}_S")
+    monkeypatch.delenv(variable, raising=False)
+    with launch.ray_train_settings():
+        assert os.environ[variable] == str(ours)
+    assert variable not in os.environ
+    monkeypatch.setenv(variable, "77")
+    with launch.ray_train_settings():
+        assert os.environ[variable] == "77"
+    assert os.environ[variable] == "77"
 
 
 def test_a_configured_ray_token_puts_ray_in_token_mode(tmp_path, monkeypatch):

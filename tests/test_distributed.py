@@ -9,6 +9,7 @@ import torch
 from dist_cases import (
     collectives_per_call,
     ddp_multi_cases,
+    final_evaluation_case,
     gather_grad,
     loss_and_grads,
     make_model,
@@ -173,3 +174,20 @@ def test_a_rank_outside_the_group_is_refused(gloo_pool, similarity):
     # each rank holds its own rows' gradient of its term; DDP's average over the 2 ranks
     # would halve it, so twice the local gradient is the single-process one
     torch.testing.assert_close(torch.cat([member0[1], member1[1]]) / 2, emb.grad)
+
+
+def test_the_final_evaluation_is_split_among_the_ranks_and_equals_one_rank_alone(
+        gloo_pool, small_prepared):
+    """At the end of a run rank 0 fits the probes while rank 1 runs the FSKIL sessions,
+    and every rank ends with every number: the numbers one rank computes alone, in the
+    same order (each part is deterministic and needs no other rank)."""
+    alone, alone_detail, alone_parts = final_evaluation_case(0, 1, str(small_prepared), 1)
+    by_rank = gloo_pool(2).run(final_evaluation_case, str(small_prepared), 2)
+    assert alone_parts == ["probe_accuracies", "fskil_evaluation"]
+    assert [parts for *_, parts in by_rank] == [["probe_accuracies"], ["fskil_evaluation"]]
+    assert "probe_word_from_formant" in alone and "fskil_mean_acc" in alone
+    for metrics, detail, _ in by_rank:
+        assert list(metrics) == list(alone) and detail == alone_detail
+        # the test pass is sharded over the ranks: its sums add up in another order
+        assert metrics.pop("test_cos_rec") == pytest.approx(alone["test_cos_rec"])
+        assert metrics == {k: v for k, v in alone.items() if k != "test_cos_rec"}

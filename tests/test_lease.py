@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -131,10 +132,10 @@ def test_a_lease_from_another_host_is_refused_until_it_expires(folder):
     lease.check_free(folder, "run")
 
 
-def test_of_two_launches_racing_for_a_free_folder_one_holds_it(folder):
-    """Both may read the folder as free and both write: each checks after the settle time
-    whose write came last, and only that one holds the lease."""
-    start = threading.Barrier(2)
+def _race(folder: str, launches: int) -> list:
+    """``launches`` threads take the lease of ``folder`` at once: each one's Lease, or the
+    InputError that refused it."""
+    start = threading.Barrier(launches)
     outcomes = []
 
     def contend():
@@ -144,15 +145,42 @@ def test_of_two_launches_racing_for_a_free_folder_one_holds_it(folder):
         except InputError as refused:
             outcomes.append(refused)
 
-    threads = [threading.Thread(target=contend) for _ in range(2)]
+    threads = [threading.Thread(target=contend) for _ in range(launches)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return outcomes
+
+
+def test_of_two_launches_racing_for_a_free_folder_one_holds_it(folder):
+    """Both may read the folder as free and both write: each checks after the settle time
+    whose write came last, and only that one holds the lease."""
+    outcomes = _race(folder, 2)
     held = [o for o in outcomes if isinstance(o, lease.Lease)]
     assert len(held) == 1 and lease.read(folder) == held[0]
     assert "is in use by another dotsim" in str(next(o for o in outcomes if o is not held[0]))
     lease.release(folder, held[0])
+
+
+def test_a_free_local_folder_goes_to_exactly_one_of_many_launches_without_a_wait(
+        tmp_path, monkeypatch):
+    """Locally the lease file is created by a hard link, which fails when it exists: of
+    four launches racing for a free folder exactly one holds it, the others are refused
+    naming it, and nobody waits the settle time (each trial of a sweep takes a lease)."""
+
+    def no_wait(seconds):
+        raise AssertionError(f"waited {seconds} s to settle")
+
+    monkeypatch.setattr(lease, "time", types.SimpleNamespace(sleep=no_wait))
+    for attempt in range(10):
+        folder = str(tmp_path / f"run{attempt}")
+        outcomes = _race(folder, 4)
+        held = [o for o in outcomes if isinstance(o, lease.Lease)]
+        assert len(held) == 1 and lease.read(folder) == held[0], outcomes
+        assert all(held[0].who() in str(o) for o in outcomes if o is not held[0])
+        assert os.listdir(folder) == [lease.LEASE_FILE]  # no file of a loser left behind
+        lease.release(folder, held[0])
 
 
 def test_a_holder_that_lost_its_lease_neither_renews_nor_deletes_it(folder, caplog):

@@ -36,7 +36,7 @@ def watch_with(answers, clock=None, ask_seconds=0.0):
             time.sleep(ask_seconds)
         return answers()
 
-    watch = PreemptionWatch(0, False, ask=ask, clock=clock or Clock())
+    watch = PreemptionWatch(False, ask=ask, clock=clock or Clock())
     return watch, calls
 
 
@@ -126,7 +126,7 @@ def _watch_on_rank(rank, world_size):
             time.sleep(0.003)
         return Info(deadline_ms=1_000_030_000) if len(asks) > 12 else None
 
-    watch = PreemptionWatch(rank, True, ask=ask, clock=clock)
+    watch = PreemptionWatch(True, ask=ask, clock=clock)
     watch.timed_checkpoint(1.0 + rank)
     step_time = 0.1 if rank == 0 else 0.3
     for step in range(1, 2000):

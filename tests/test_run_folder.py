@@ -3,6 +3,8 @@ training: its record, the refusal of another config (naming the fields that diff
 which configs may resume on another number of workers."""
 
 import json
+import os
+import socket
 
 import pytest
 from tiny import tiny_config
@@ -37,6 +39,7 @@ def test_a_new_folder_records_its_config_and_every_launch(data, tmp_path):
     facts = record["launches"][0]
     assert facts["packages"]["torch"] == "2.11.0" and facts["code_version"]
     assert facts["epochs_done_before"] == 0 and facts["workers"] == 2
+    assert facts["host"] == socket.gethostname() and facts["pid"] == os.getpid()
 
 
 @pytest.mark.parametrize("change,named", [({"lr": 1e-4}, "lr 0.004 -> 0.0001"),

@@ -46,10 +46,14 @@ def test_tiny_fskil_sweep_end_to_end(ray_local, small_prepared, tmp_path):
     assert report["variants"][-1]["fskil_mean_acc"]["mean"] == last["logmel_mean_acc"].iloc[0]
     assert (sweep / "comparison.png").stat().st_size > 10_000
     assert (sweep / "sessions.png").stat().st_size > 10_000
+    launched_by = set()
     for run in ("cosine-seed0", "dot-meanstd-global-seed0"):  # launched the one way
         record = json.loads((sweep / "runs" / run / RECORD_FILE).read_text())
         assert record["config"]["run_name"] == run and record["config"]["protocol"] == "fskil"
         assert record["launches"][0]["code_version"] and record["data_fingerprint"]
+        launched_by.add(record["launches"][0]["pid"])
+    # one Tune trial process ran both (Tune's reuse_actors: no second process start)
+    assert len(launched_by) == 1 and os.getpid() not in launched_by
     err = result.stderr  # progress: each trial starts, runs its epochs, ends
     for trial in ("cosine-seed0", "dot-meanstd-global-seed0"):
         assert f"[sweep] started {trial}" in err and f"[{trial}] epoch 2/2 val_acc" in err

@@ -13,7 +13,9 @@ The lease is read and written through ``workers.storage``, so a local folder, an
 and an ``s3://`` bucket take one code path. Object stores give ``pyarrow.fs`` no
 compare-and-swap, so taking the lease is: read it; if free or stale, write our own; wait
 ``SETTLE_S``; read it again and hold it only if it is still ours (the last writer wins,
-the others refuse).
+the others refuse). A free folder on a local or mounted file system is taken without the
+wait: the lease is created there with a hard link, which fails when the file exists, so
+of two launches exactly one creates it.
 
 What this guarantees: two launches of one folder never both train, as long as (1) every
 write to the storage completes within ``SETTLE_S`` of the read before it, (2) reads see
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import socket
@@ -38,8 +41,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import NoReturn
+
+import pyarrow.fs as pafs
 
 from workers import storage
+from workers.clock import utc_iso, utc_now
 from workers.errors import InputError
 
 log = logging.getLogger("dotsim")
@@ -69,13 +76,13 @@ class Lease:
 
     @classmethod
     def new(cls, ttl: float) -> Lease:
-        now = _now()
+        now = utc_now()
         return cls(holder=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
                    started=now.isoformat(timespec="seconds"),
                    renewed_at=now.isoformat(timespec="milliseconds"), ttl_s=ttl)
 
     def renewed(self) -> Lease:
-        return dataclasses.replace(self, renewed_at=_now().isoformat(timespec="milliseconds"))
+        return dataclasses.replace(self, renewed_at=utc_iso(timespec="milliseconds"))
 
     def expires(self) -> datetime.datetime:
         return (datetime.datetime.fromisoformat(self.renewed_at)
@@ -85,16 +92,12 @@ class Lease:
         """Why another launch may take this lease over, or None while its holder lives."""
         if self.host == socket.gethostname() and not _alive(self.pid):
             return "its process is gone"
-        if _now() > self.expires():
+        if utc_now() > self.expires():
             return f"not renewed since {self.renewed_at}"
         return None
 
     def who(self) -> str:
         return f"host {self.host}, pid {self.pid}, started {self.started}"
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def _alive(pid: int) -> bool:
@@ -160,6 +163,11 @@ def acquire(folder: str, kind: str) -> Lease:
             raise InputError(_in_use(folder, kind, current))
         log.info(f"taking over {kind} folder {folder} from {current.who()}: {stale}")
     mine = Lease.new(ttl_s())
+    fs, path = storage.filesystem(lease_path(folder))
+    if current is None and isinstance(fs, pafs.LocalFileSystem):
+        if _create_new(path, mine):
+            return mine
+        return _refused(folder, kind, read(folder))  # another launch created it first
     storage.write_json(lease_path(folder), dataclasses.asdict(mine))
     try:
         # a launch that read the lease as free at the same moment has written its own by
@@ -169,12 +177,33 @@ def acquire(folder: str, kind: str) -> Lease:
     except BaseException:  # Ctrl-C while settling: leave no lease of ours behind
         release(folder, mine)
         raise
-    if last is None:  # the winner of a race has come and gone already
+    if last is None or last.holder != mine.holder:
+        _refused(folder, kind, last)
+    return mine
+
+
+def _create_new(path: str, lease: Lease) -> bool:
+    """Create the lease file at ``path`` whole, or return False when it exists: written to
+    a file of our own first, then linked to its name (``link`` never replaces a file, and
+    a reader never sees a half-written lease)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    own = f"{path}.{lease.holder}"
+    with open(own, "w") as out:
+        out.write(json.dumps(dataclasses.asdict(lease), indent=2) + "\n")
+    try:
+        os.link(own, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(own)
+    return True
+
+
+def _refused(folder: str, kind: str, holder: Lease | None) -> NoReturn:
+    if holder is None:  # the winner of a race has come and gone already
         raise InputError(f"{kind} folder {folder} was taken and released by another dotsim "
                          "at the same moment; run the command again")
-    if last.holder != mine.holder:
-        raise InputError(_in_use(folder, kind, last))
-    return mine
+    raise InputError(_in_use(folder, kind, holder))
 
 
 def renew(folder: str, lease: Lease) -> Lease | None:

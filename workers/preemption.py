@@ -16,7 +16,6 @@ rank 0 alone (the driver copies it into ``dotsim_run.json`` when a launch ends).
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from workers import storage
+from workers.clock import utc_iso
 
 PREEMPTIONS_FILE = "preemptions.json"  # in the run folder: one entry per notice
 
@@ -61,13 +61,13 @@ class PreemptionWatch:
     after which the loop must write its preemption checkpoint. ``ask`` is
     ``ray.train.get_preemption_info`` (a test passes its own)."""
 
-    def __init__(self, rank: int, distributed: bool, *, device: torch.device | None = None,
+    def __init__(self, distributed: bool, *, device: torch.device | None = None,
                  ask: Callable[[], object | None] | None = None,
                  clock: Callable[[], float] = time.time,
                  on_notice: Callable[[Notice], None] | None = None):
         import ray.train
 
-        self.rank, self.distributed = rank, distributed
+        self.distributed = distributed  # every decision is rank 0's, broadcast
         # the broadcasts go through the run's process group: nccl takes CUDA tensors only
         self.device = device or torch.device("cpu")
         self.ask = ask or ray.train.get_preemption_info
@@ -193,14 +193,8 @@ def _where(info) -> tuple[list[str], list[int]]:
 # --- the record of notices (rank 0) ---------------------------------------------------
 
 
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+    return None if seconds is None else utc_iso(seconds)
 
 
 def read_record(run_folder: str) -> list[dict]:
@@ -214,7 +208,7 @@ def _write_record(run_folder: str, entries: list[dict]) -> None:
 
 def record_notice(run_folder: str, notice: Notice, *, steps_per_epoch: int) -> None:
     """A notice seen after ``notice.seen_at_step`` steps of the run."""
-    entry = {"notice_seen": _now_iso(), "deadline": _iso(notice.deadline),
+    entry = {"notice_seen": utc_iso(), "deadline": _iso(notice.deadline),
              "nodes": notice.nodes, "ranks": notice.ranks,
              "epoch": max(0, notice.seen_at_step - 1) // steps_per_epoch + 1,
              "notice_step": notice.seen_at_step}
@@ -259,7 +253,7 @@ def record_resume(run_folder: str, resumed_step: int) -> list[dict]:
         # without a checkpoint the group trained at least to the notice
         reached = entry.get("step_checkpointed", entry["notice_step"])
         entry |= {"resumed_from_step": resumed_step,
-                  "steps_redone": max(0, reached - resumed_step), "resumed": _now_iso()}
+                  "steps_redone": max(0, reached - resumed_step), "resumed": utc_iso()}
     if waiting:
         _write_record(run_folder, entries)
     return waiting

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from losses import similarity_losses
-from workers import checkpoints, fskil, preemption, storage
+from workers import checkpoints, fskil, phases, preemption, storage
 from workers.config import RunConfig
 from workers.constants import FEATURES
 from workers.data import Split, load_prepared
@@ -117,6 +117,7 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
     cfg = RunConfig.from_dict(config)
     _quiet_ray_report_lines()
     ctx = _rank_context(cfg)
+    phases.mark("loop start", ctx.rank)
     data = load_prepared(cfg.data)  # the node's mapped copy, shared by its workers
     words = Words(cfg, data.labels, data.splits["train"].labels)
     normalise = FeatureNorm.fit(words.trained(data.splits["train"]))
@@ -127,9 +128,10 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
     ddp_model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = restore(model, optimizer)
+    phases.mark("set up", ctx.rank)  # data, feature statistics, model, DDP, checkpoint
     where = storage.join(cfg.storage_path, cfg.run_name)  # the run folder
     per_epoch = sampler_steps(len(trained["train"].labels), cfg.batch_size)
-    watch = PreemptionWatch(ctx.rank, ctx.distributed, device=ctx.device, on_notice=(
+    watch = PreemptionWatch(ctx.distributed, device=ctx.device, on_notice=(
         (lambda notice: preemption.record_notice(where, notice, steps_per_epoch=per_epoch))
         if ctx.rank == 0 else None))
     if (state.epoch or state.so_far) and ctx.rank == 0:
@@ -145,7 +147,9 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
             state.so_far = result
             save_on_notice(model, optimizer, state, ctx, watch, where)
         state.so_far = None
+        phases.mark("epoch trained", ctx.rank)
         val = evaluate(model, trained["validation"], ctx)
+        phases.mark("validated", ctx.rank)
         metrics = {"epoch": epoch + 1, **result, "world_size": ctx.world_size,
                    **_prefixed("val_", val)}
         state = _track_best(state, model, metrics)
@@ -159,8 +163,10 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
         started = time.perf_counter()
         report(metrics, model, optimizer, state, ctx)
         watch.timed_checkpoint(time.perf_counter() - started)
+        phases.mark("reported", ctx.rank)
         if watch_preemption and epoch + 1 < cfg.epochs and watch.ask_now(state.epoch * per_epoch):
             _wait_on_notice(state, ctx, watch, where, per_epoch)  # answered by that report
+    phases.mark("loop end", ctx.rank)
     if watch.notices and ctx.rank == 0:  # a notice whose deadline the run outlasted
         preemption.record_finished(where, cfg.epochs * per_epoch)
 
@@ -506,26 +512,46 @@ def final_evaluation(model, state: TrainState, splits: dict[str, Split],
     current = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state.best_model)
     test = evaluate(model, trained["test"], ctx)
+    phases.mark("test pass", ctx.rank)
     metrics = {"test_acc": test["acc"], "test_cos_rec": test["cos_rec"],
-               "best_epoch": state.best_epoch,
-               **probe_accuracies(model, splits["test"], ctx.eval_batch)}
-    detail = {}
+               "best_epoch": state.best_epoch}
+    jobs = [lambda: (probe_accuracies(model, splits["test"], ctx.eval_batch), {})]
     if words.order:
-        sessions, detail = fskil_evaluation(model, splits, words, normalise, ctx.eval_batch)
-        metrics.update(sessions)
+        jobs.append(lambda: fskil_evaluation(model, splits, words, normalise, ctx.eval_batch))
+    detail = {}
+    for part, part_detail in shared_among_ranks(jobs, ctx):
+        metrics.update(part)
+        detail.update(part_detail)
     model.load_state_dict(current)
     return metrics, detail
+
+
+def shared_among_ranks(jobs: list[Callable[[], object]], ctx: RankContext) -> list:
+    """Every job's result on every rank, job i computed on rank i % world size only: the
+    final evaluation's parts are deterministic and need no other rank (every rank holds
+    the same weights), so the ranks split them and exchange the results (rank 0 fits the
+    probes while rank 1 runs the FSKIL sessions), not each computing all of them."""
+    mine = {i: job() for i, job in enumerate(jobs)
+            if not ctx.distributed or i % ctx.world_size == ctx.rank}
+    phases.mark("own final parts", ctx.rank)
+    if ctx.distributed:
+        gathered = [None] * ctx.world_size
+        dist.all_gather_object(gathered, mine)
+        mine = {i: result for part in gathered for i, result in part.items()}
+    phases.mark("final parts exchanged", ctx.rank)
+    return [mine[i] for i in range(len(jobs))]
 
 
 def fskil_evaluation(model, splits: dict[str, Split], words: Words, normalise: FeatureNorm,
                      chunk: int) -> tuple[dict, dict]:
     """The FSKIL sessions with the frozen encoder, and the plain log-mel baseline (on the
-    features as prepared) under the same order, shots and test. Every rank computes the
-    same numbers (deterministic)."""
+    features as prepared) under the same order, shots and test. Any rank computes the
+    same numbers (deterministic); ``final_evaluation`` runs it on one."""
     cfg = words.cfg
     args = (splits["train"], splits["test"], words.order, words.labels, cfg.fskil)
     result = fskil.run_protocol(lambda split, rows: embed_speech(model, split, rows, chunk), *args,
                                 seed=cfg.seed)
+    phases.mark("fskil sessions")
     baseline = fskil.logmel_baseline(*args, seed=cfg.seed,
                                      standardised_with=normalise.stats["speech"])
     metrics = {
@@ -557,8 +583,8 @@ def probe_accuracies(model, split: Split, chunk: int) -> dict[str, float]:
 
     The test split's speakers were never trained on. The word probe is fitted on half of
     the speakers and scored on the others (words of unseen voices); the speaker probe is
-    fitted on every other clip of each speaker and scored on the rest. Every rank computes
-    the same numbers (deterministic, small), so no rank waits for another.
+    fitted on every other clip of each speaker and scored on the rest. Any rank computes
+    the same numbers (deterministic); ``final_evaluation`` runs it on one.
     """
     rows = torch.arange(len(split), device=split.labels.device)
     _, emb_formant, emb_residual, _ = embed(model, split, rows, chunk)
