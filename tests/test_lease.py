@@ -183,6 +183,23 @@ def test_a_free_local_folder_goes_to_exactly_one_of_many_launches_without_a_wait
         lease.release(folder, held[0])
 
 
+def test_a_file_system_without_hard_links_takes_the_lease_by_the_settle(tmp_path,
+                                                                       monkeypatch):
+    """Some FUSE mounts make no hard links: the lease is then taken as on object storage,
+    written, settled and read back, and released as usual."""
+
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(lease.os, "link", no_links)
+    monkeypatch.setattr(lease, "SETTLE_S", 0.01)
+    folder = str(tmp_path / "run")
+    with lease.held(folder, "run") as mine:
+        assert lease.read(folder) == mine
+        assert os.listdir(folder) == [lease.LEASE_FILE]
+    assert lease.read(folder) is None
+
+
 def test_a_holder_that_lost_its_lease_neither_renews_nor_deletes_it(folder, caplog):
     with lease.held(folder, "run") as mine:
         taker = _other_host(folder, age_s=0)  # as if this launch had stalled past its ttl

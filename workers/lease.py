@@ -15,7 +15,7 @@ compare-and-swap, so taking the lease is: read it; if free or stale, write our o
 ``SETTLE_S``; read it again and hold it only if it is still ours (the last writer wins,
 the others refuse). A free folder on a local or mounted file system is taken without the
 wait: the lease is created there with a hard link, which fails when the file exists, so
-of two launches exactly one creates it.
+of two launches exactly one creates it (a mount without hard links settles as above).
 
 What this guarantees: two launches of one folder never both train, as long as (1) every
 write to the storage completes within ``SETTLE_S`` of the read before it, (2) reads see
@@ -165,9 +165,12 @@ def acquire(folder: str, kind: str) -> Lease:
     mine = Lease.new(ttl_s())
     fs, path = storage.filesystem(lease_path(folder))
     if current is None and isinstance(fs, pafs.LocalFileSystem):
-        if _create_new(path, mine):
+        created = _create_new(path, mine)
+        if created:
             return mine
-        return _refused(folder, kind, read(folder))  # another launch created it first
+        if created is False:  # another launch created it first
+            _refused(folder, kind, read(folder))
+        # None: a file system without hard links (some FUSE mounts): settle as below
     storage.write_json(lease_path(folder), dataclasses.asdict(mine))
     try:
         # a launch that read the lease as free at the same moment has written its own by
@@ -182,10 +185,11 @@ def acquire(folder: str, kind: str) -> Lease:
     return mine
 
 
-def _create_new(path: str, lease: Lease) -> bool:
-    """Create the lease file at ``path`` whole, or return False when it exists: written to
-    a file of our own first, then linked to its name (``link`` never replaces a file, and
-    a reader never sees a half-written lease)."""
+def _create_new(path: str, lease: Lease) -> bool | None:
+    """Create the lease file at ``path`` whole, or return False when it exists (None when
+    this file system makes no hard links): written to a file of our own first, then
+    linked to its name (``link`` never replaces a file, and a reader never sees a
+    half-written lease)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     own = f"{path}.{lease.holder}"
     with open(own, "w") as out:
@@ -194,6 +198,8 @@ def _create_new(path: str, lease: Lease) -> bool:
         os.link(own, path)
     except FileExistsError:
         return False
+    except OSError:  # EPERM, ENOTSUP, ...: no hard links here
+        return None
     finally:
         os.unlink(own)
     return True
