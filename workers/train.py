@@ -536,6 +536,8 @@ def shared_among_ranks(jobs: list[Callable[[], object]], ctx: RankContext) -> li
     phases.mark("own final parts", ctx.rank)
     if ctx.distributed:
         gathered = [None] * ctx.world_size
+        # under nccl the objects travel on torch.cuda.current_device(): Ray Train sets each
+        # worker's own GPU as current before the loop runs (TorchConfigContextManager)
         dist.all_gather_object(gathered, mine)
         mine = {i: result for part in gathered for i, result in part.items()}
     phases.mark("final parts exchanged", ctx.rank)
