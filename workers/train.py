@@ -123,12 +123,13 @@ def train_loop_per_worker(config: dict, *, step: StepFn | None = None,
     normalise = FeatureNorm.fit(words.trained(data.splits["train"]))
     splits = {name: normalise(split, ctx.device) for name, split in data.splits.items()}
     trained = {name: words.trained(split) for name, split in splits.items()}
+    phases.mark("data ready", ctx.rank)  # the node's copy mapped, the statistics fitted
     model = build_model(cfg, data.meta, classes=words.classes)
     del data  # on an accelerator the features are there now: let the host mapping go
     ddp_model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = restore(model, optimizer)
-    phases.mark("set up", ctx.rank)  # data, feature statistics, model, DDP, checkpoint
+    phases.mark("set up", ctx.rank)  # the model built, wrapped for DDP, restored
     where = storage.join(cfg.storage_path, cfg.run_name)  # the run folder
     per_epoch = sampler_steps(len(trained["train"].labels), cfg.batch_size)
     watch = PreemptionWatch(ctx.distributed, device=ctx.device, on_notice=(
