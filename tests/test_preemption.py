@@ -3,6 +3,7 @@ save, the record of notices, and an epoch stopped at a step and resumed from the
 checkpoint files reporting exactly what the uninterrupted epoch reports."""
 
 import time
+import types
 from dataclasses import dataclass
 
 import pytest
@@ -26,13 +27,27 @@ class Clock:
         return self.now
 
 
-def watch_with(answers, clock=None, ask_seconds=0.0):
-    """A single-rank watch whose asks return ``answers()`` (and take ``ask_seconds``)."""
+@pytest.fixture
+def ask_timer(monkeypatch):
+    """The watch times its asks with ``time.perf_counter``: a fake one here, advanced by the
+    asks alone, so an ask costs what the test says however loaded the machine is (a real
+    2 ms sleep took several times that on a busy CI machine, and k moved)."""
+    timer = Clock()
+    monkeypatch.setattr(preemption, "time", types.SimpleNamespace(
+        perf_counter=timer, sleep=time.sleep, time=time.time))
+    return timer
+
+
+def watch_with(answers, clock=None, ask_seconds=0.0, ask_timer=None):
+    """A single-rank watch whose asks return ``answers()`` and take ``ask_seconds`` (of
+    ``ask_timer``, else slept)."""
     calls = []
 
     def ask():
         calls.append(1)
-        if ask_seconds:
+        if ask_timer is not None:
+            ask_timer.now += ask_seconds
+        elif ask_seconds:
             time.sleep(ask_seconds)
         return answers()
 
@@ -45,8 +60,8 @@ def calibrate(watch, step_seconds=0.1):
         assert not watch.after_step(step_seconds)
 
 
-def test_asks_every_step_until_calibrated_then_every_k_within_the_budget():
-    watch, calls = watch_with(lambda: None, ask_seconds=0.002)
+def test_asks_every_step_until_calibrated_then_every_k_within_the_budget(ask_timer):
+    watch, calls = watch_with(lambda: None, ask_seconds=0.002, ask_timer=ask_timer)
     calibrate(watch, step_seconds=0.01)
     assert len(calls) == CALIBRATION_STEPS
     # an ask of >= 2 ms against a 10 ms step: at most 0.8% means every >= 25 steps, and a
@@ -57,8 +72,8 @@ def test_asks_every_step_until_calibrated_then_every_k_within_the_budget():
     assert len(calls) == CALIBRATION_STEPS + 10
 
 
-def test_every_is_chosen_again_from_the_steps_past_the_warm_up():
-    watch, calls = watch_with(lambda: None, ask_seconds=0.002)
+def test_every_is_chosen_again_from_the_steps_past_the_warm_up(ask_timer):
+    watch, calls = watch_with(lambda: None, ask_seconds=0.002, ask_timer=ask_timer)
     calibrate(watch, step_seconds=0.01)  # warm-up steps: short next to the ask
     first = watch.every
     assert first >= 25  # >= 2 ms against 10 ms at 0.8%
