@@ -32,27 +32,27 @@ from workers.phases import PHASES_ENV
 
 BIN = Path(sys.executable).parent
 
-# (phase, from mark, to mark, whose marks): one row of the table; "rank0" marks are rank 0's
+# (phase, from mark, to mark): one row of the table; marks are rank 0's or the trial's
 PHASES = [
     ("Tune between trials (sweep start or the last trial's end -> trial start)",
-     "before", "trial start", "trial"),
+     "before", "trial start"),
     ("launch before the fit (lease, run record, checkpoint checks)",
-     "trial start", "fit start", "trial"),
+     "trial start", "fit start"),
     ("Ray Train start (controller, worker group, process group)",
-     "fit start", "loop start", "trial/rank0"),
+     "fit start", "loop start"),
     ("data in the workers (the node's copy, the feature statistics)",
-     "loop start", "data ready", "rank0"),
+     "loop start", "data ready"),
     ("model in the workers (build, DDP wrap, checkpoint restore)",
-     "data ready", "set up", "rank0"),
-    ("training epochs (the marks; epoch_seconds are summed below)", "epochs", None, "rank0"),
-    ("validation passes", "validation", None, "rank0"),
-    ("checkpoint reports (write, Ray's persisting and registering)", "reports", None, "rank0"),
-    ("test pass (sharded over the ranks)", "last validated", "test pass", "rank0"),
+     "data ready", "set up"),
+    ("training epochs (the marks; epoch_seconds are summed below)", "epochs", None),
+    ("validation passes", "validation", None),
+    ("checkpoint reports (write, Ray's persisting and registering)", "reports", None),
+    ("test pass (sharded over the ranks)", "last validated", "test pass"),
     ("probes (rank 0) and FSKIL sessions + log-mel baseline (rank 1), in parallel",
-     "test pass", "final parts exchanged", "rank0"),
+     "test pass", "final parts exchanged"),
     ("Ray Train end (the controller sees the end, stops the group)",
-     "loop end", "fit end", "rank0/trial"),
-    ("launch after the fit (run record, lease released)", "fit end", "trial end", "trial"),
+     "loop end", "fit end"),
+    ("launch after the fit (run record, lease released)", "fit end", "trial end"),
 ]
 # what rank 1 does in parallel with rank 0's probes, for the detail table
 PARALLEL = [("probes, rank 0", 0, "test pass", "own final parts"),
@@ -111,7 +111,7 @@ def phase_seconds(trial: dict) -> dict[str, float]:
     marks = {**tr, **r0, "last validated": validated[-1],
              "final parts exchanged": lists["final parts exchanged"][-1]}
     out = {}
-    for name, start, end, _ in PHASES:
+    for name, start, end in PHASES:
         if start == "epochs":
             out[name] = sum(t - s for s, t in zip(starts, trained, strict=True))
         elif start == "validation":

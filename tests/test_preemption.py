@@ -39,16 +39,14 @@ def ask_timer(monkeypatch):
 
 
 def watch_with(answers, clock=None, ask_seconds=0.0, ask_timer=None):
-    """A single-rank watch whose asks return ``answers()`` and take ``ask_seconds`` (of
-    ``ask_timer``, else slept)."""
+    """A single-rank watch whose asks return ``answers()`` and take ``ask_seconds`` of
+    ``ask_timer``."""
     calls = []
 
     def ask():
         calls.append(1)
         if ask_timer is not None:
             ask_timer.now += ask_seconds
-        elif ask_seconds:
-            time.sleep(ask_seconds)
         return answers()
 
     watch = PreemptionWatch(False, ask=ask, clock=clock or Clock())
